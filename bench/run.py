@@ -1,0 +1,274 @@
+"""Benchmark: the figures the issues name, against the kubelet stand-in.
+
+Not a test: it prints numbers next to their targets and exits 0. Needs root
+(mknod). Run: ``.venv/bin/python bench/run.py`` (``--quick`` shortens the idle
+windows and repetitions for a smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import stat
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from kubelet_standin import KubeletStandin  # noqa: E402
+
+PREFIX = "smarter-devices/"
+# 20 resources under the embedded default config, as on a busy Pi.
+DEFAULT_DEVICES = [
+    "video0", "video1", "video10", "video11", "gpiochip0", "gpiochip1", "gpiomem", "i2c-1",
+    "i2c-2", "rtc0", "vchiq", "vcsm-cma", "ttyUSB0", "ttyACM0", "ttyS0", "net/tun", "fuse",
+    "spidev0.0", "snd/controlC0", "snd/pcmC0D0p", "dri/card0",
+]
+DEFAULT_RESOURCES = 20  # snd and dri are one resource each, with nodes inside
+
+
+def mknod(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mknod(path, stat.S_IFCHR | 0o660, os.makedev(1, 3))
+
+
+def proc_status(pid: int) -> dict[str, float]:
+    out = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "Threads"):
+                out[key] = float(value.split()[0]) / (1024 if key != "Threads" else 1)
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat_file:
+        fields = stat_file.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def report(name: str, value: str, target: str) -> None:
+    print(f"  {name:<52} {value:<28} target {target}")
+
+
+class Node:
+    """A temp dev dir + plugin dir + config, a stand-in kubelet and the daemon."""
+
+    def __init__(self, devices: list[str], config: str | None = None, *extra: str) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="sdm-bench-"))
+        self.dev = self.root / "dev"
+        self.plugins = self.root / "p"
+        self.dev.mkdir()
+        for device in devices:
+            mknod(self.dev / device)
+        self.config = self.root / "conf.yaml"
+        if config is not None:
+            self.config.write_text(config)
+        self.extra = list(extra)
+        self.kubelet = KubeletStandin(str(self.plugins))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    async def start(self, expect: int) -> float:
+        await self.kubelet.start()
+        argv = [sys.executable, "-m", "smarter_device_manager", "serve", "--dev-dir", str(self.dev),
+                "--plugin-dir", str(self.plugins), "--log-level", "warning", *self.extra]
+        if self.config.exists():
+            argv += ["--config", str(self.config)]
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(argv)
+        await self.kubelet.wait_for(lambda: self.streaming() >= expect, timeout=60)
+        return time.monotonic() - t0
+
+    def streaming(self) -> int:
+        return sum(1 for s in self.kubelet.plugins.values() if s.streaming and s.allocatable)
+
+    async def close(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(10)
+        await self.kubelet.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+async def idle_cpu(pid: int, seconds: float) -> float:
+    before = cpu_seconds(pid)
+    await asyncio.sleep(seconds)
+    return (cpu_seconds(pid) - before) / seconds * 100
+
+
+async def core(args: argparse.Namespace) -> None:
+    print("core daemon (issue 2): default config, 20 matching devices")
+    starts = []
+    for i in range(args.repeat):
+        node = Node(DEFAULT_DEVICES)
+        starts.append(await node.start(DEFAULT_RESOURCES))
+        if i < args.repeat - 1:
+            await node.close()
+    report("start -> all 20 registered (median, min-max)",
+           f"{statistics.median(starts):.3f}s ({min(starts):.3f}-{max(starts):.3f})", "<= 0.5 s")
+    assert node.proc is not None
+    await asyncio.sleep(1.0)
+    mem = proc_status(node.proc.pid)
+    report("memory steady, 20 resources: VmRSS / VmHWM",
+           f"{mem['VmRSS']:.1f} / {mem['VmHWM']:.1f} MiB", "<= 24 MiB")
+    report("OS threads", f"{mem['Threads']:.0f}", "(1 = no thread pools)")
+
+    latencies = []
+    resource = PREFIX + "video0"
+    for i in range(args.allocations):
+        t0 = time.perf_counter()
+        await node.kubelet.allocate(resource, [str(i % 20)])
+        latencies.append((time.perf_counter() - t0) * 1000)
+    report(f"Allocate round trip over {args.allocations} (p50 / p99)",
+           f"{pct(latencies, 50):.2f} / {pct(latencies, 99):.2f} ms", "p99 <= 5 ms")
+    cpu = await idle_cpu(node.proc.pid, args.idle)
+    report(f"idle CPU over {args.idle:g}s", f"{cpu:.3f} % of one core", "<= 0.1 %")
+    mem = proc_status(node.proc.pid)
+    report("memory after the allocations and idle: VmRSS / VmHWM",
+           f"{mem['VmRSS']:.1f} / {mem['VmHWM']:.1f} MiB", "<= 24 MiB")
+    t0 = time.monotonic()
+    await node.kubelet.restart()
+    await node.kubelet.wait_for(lambda: node.streaming() >= DEFAULT_RESOURCES, timeout=30)
+    report("kubelet restart -> all 20 re-registered", f"{time.monotonic() - t0:.3f}s", "<= 1 s")
+    await node.close()
+
+    many = [f"ttyUSB{i}" for i in range(args.many)]
+    node = Node(many, "- devicematch: ^ttyUSB[0-9]+$\n  nummaxdevices: 1\n")
+    took = await node.start(args.many)
+    await asyncio.sleep(1.0)
+    mem = proc_status(node.proc.pid) if node.proc else {}
+    report(f"{args.many} devices: start -> all registered", f"{took:.2f}s", "<= 3 s")
+    report(f"{args.many} devices: VmRSS / VmHWM",
+           f"{mem['VmRSS']:.1f} / {mem['VmHWM']:.1f} MiB", "<= 40 MiB")
+    t0 = time.monotonic()
+    await node.kubelet.restart()
+    await node.kubelet.wait_for(lambda: node.streaming() >= args.many, timeout=60)
+    report(f"{args.many} devices: kubelet restart -> all re-registered",
+           f"{time.monotonic() - t0:.2f}s", "(Go original: 6.7 s)")
+    await node.close()
+
+
+async def timed_events(node: Node, count: int, act: Callable[[int], None],
+                       done: Callable[[int], bool]) -> list[float]:
+    out = []
+    for i in range(count):
+        t0 = time.monotonic()
+        act(i)
+        await node.kubelet.wait_for(lambda i=i: done(i), timeout=10)  # type: ignore[misc]
+        out.append((time.monotonic() - t0) * 1000)
+    return out
+
+
+async def live(args: argparse.Namespace) -> None:
+    print("live node (issue 3): hotplug, config reload, bursts")
+    config = "- devicematch: ^ttyUSB[0-9]+$\n  nummaxdevices: 1\n"
+    node = Node(["ttyUSB0"], config, "--removal-grace", "3600")
+    await node.start(1)
+
+    def plug(i: int) -> None:
+        mknod(node.dev / f"ttyUSB{1000 + i}")
+
+    def unplug(i: int) -> None:
+        (node.dev / f"ttyUSB{1000 + i}").unlink()
+
+    def healthy(i: int) -> bool:
+        return node.kubelet.healthy(f"{PREFIX}ttyUSB{1000 + i}") == 1
+
+    def unhealthy(i: int) -> bool:
+        state = node.kubelet.plugins.get(f"{PREFIX}ttyUSB{1000 + i}")
+        return state is not None and state.devices.get("0") == "Unhealthy"
+
+    new = await timed_events(node, args.events, plug, healthy)
+    report(f"mknod (new device) -> registered + Healthy, {args.events} events",
+           f"p50 {pct(new, 50):.1f} / p99 {pct(new, 99):.1f} ms", "p99 <= 100 ms")
+    gone = await timed_events(node, args.events, unplug, unhealthy)
+    report(f"unplug -> Unhealthy received, {args.events} events",
+           f"p50 {pct(gone, 50):.1f} / p99 {pct(gone, 99):.1f} ms", "p99 <= 100 ms")
+    back = await timed_events(node, args.events, plug, healthy)
+    report(f"re-plug (known device) -> Healthy, {args.events} events",
+           f"p50 {pct(back, 50):.1f} / p99 {pct(back, 99):.1f} ms", "p99 <= 100 ms")
+
+    mknod(node.dev / "fuse")
+    t0 = time.monotonic()
+    tmp = node.config.with_suffix(".tmp")
+    tmp.write_text(config + "- devicematch: ^fuse$\n  nummaxdevices: 5\n")
+    tmp.rename(node.config)
+    await node.kubelet.wait_for(lambda: node.kubelet.healthy(PREFIX + "fuse") == 5, timeout=10)
+    report("config edited (rename) -> new resource registered",
+           f"{(time.monotonic() - t0) * 1000:.0f} ms", "<= 1 s")
+    assert node.proc is not None
+    cpu = await idle_cpu(node.proc.pid, args.idle)
+    mem = proc_status(node.proc.pid)
+    report(f"idle CPU over {args.idle:g}s with all watches", f"{cpu:.3f} %", "<= 0.1 %")
+    report(f"memory, {node.streaming()} resources: VmRSS / VmHWM",
+           f"{mem['VmRSS']:.1f} / {mem['VmHWM']:.1f} MiB", "<= 24 MiB (20 resources)")
+    await node.close()
+
+    # Burst: 1,000 devices exist; within about a second 1,000 new ones appear and the old vanish.
+    node = Node([f"ttyUSB{i}" for i in range(args.many)], config, "--removal-grace", "0")
+    await node.start(args.many)
+    messages_before = sum(len(s.updates) for s in node.kubelet.plugins.values())
+    t0 = time.monotonic()
+    for i in range(args.many):
+        mknod(node.dev / f"ttyUSB{args.many + i}")
+        (node.dev / f"ttyUSB{i}").unlink()
+    burst = time.monotonic() - t0
+    want = {f"{PREFIX}ttyUSB{args.many + i}" for i in range(args.many)}
+
+    def settled() -> bool:
+        live = {n for n, s in node.kubelet.plugins.items() if s.streaming and s.allocatable}
+        return live == want
+
+    await node.kubelet.wait_for(settled, timeout=30)
+    took = time.monotonic() - t0
+    messages = sum(len(s.updates) for s in node.kubelet.plugins.values()) - messages_before
+    leftovers = sorted(p.name for p in node.plugins.iterdir() if p.name != "kubelet.sock")
+    report(f"burst {args.many} creates + {args.many} deletes ({burst:.2f}s) -> final state",
+           f"{took:.2f}s after burst start", "<= 2 s")
+    report("  ListAndWatch messages during the burst", f"{messages}",
+           f"(>= {args.many} new resources x 1)")
+    report("  sockets left = resources live", f"{len(leftovers)} = {len(want)}", "equal")
+    await asyncio.sleep(1.0)
+    mem = proc_status(node.proc.pid) if node.proc else {}
+    report("  memory after the burst: VmRSS / VmHWM", f"{mem['VmRSS']:.1f} / {mem['VmHWM']:.1f} MiB",
+           "<= 40 MiB")
+    await node.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="short idle windows, fewer repeats")
+    parser.add_argument("--only", choices=["core", "live"])
+    args = parser.parse_args()
+    args.repeat = 3 if args.quick else 7
+    args.idle = 5.0 if args.quick else 30.0
+    args.allocations = 1000
+    args.events = 50 if args.quick else 200
+    args.many = 1000
+    if os.geteuid() != 0:
+        print("needs root (mknod)", file=sys.stderr)
+        return 2
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores")
+    if args.only in (None, "core"):
+        asyncio.run(core(args))
+    if args.only in (None, "live"):
+        asyncio.run(live(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Set up a virtualenv with the pinned test stack, lint, type-check and run every test.
+# Run as root: the device-node tests mknod (they are skipped, not failed, otherwise).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+.venv/bin/ruff check .
+.venv/bin/mypy
+exec .venv/bin/python -m pytest "$@"

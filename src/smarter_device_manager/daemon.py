@@ -1,0 +1,278 @@
+"""The daemon: one asyncio loop wiring watcher -> worker -> reconcile.
+
+Events only set flags and wake the worker; the worker waits for a short quiet
+period (so a burst of udev events becomes one rescan), then reloads the config
+if it changed, serves again on sockets the kubelet deleted, rescans the dev
+dir and reconciles. Every change reaches the kubelet as one ListAndWatch
+message per resource that changed, not one per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from dataclasses import dataclass
+
+from smarter_device_manager import __version__
+from smarter_device_manager.config import Config, ConfigError, load_config
+from smarter_device_manager.discovery import Inventory, discover
+from smarter_device_manager.http import HttpServer
+from smarter_device_manager.metrics import Metrics, Sample
+from smarter_device_manager.plugin import Paths
+from smarter_device_manager.reconcile import Reconciler
+from smarter_device_manager.registrar import Registrar, Registration
+from smarter_device_manager.watch import Watcher
+
+log = logging.getLogger(__name__)
+
+QUIET = 0.02  # a burst is over when nothing happened for this long...
+MAX_DELAY = 0.25  # ...or when it has lasted this long, whichever comes first
+
+
+@dataclass(frozen=True)
+class Settings:
+    config_path: str | None  # None: the embedded default
+    config_watch_dir: str | None
+    dev_dir: str
+    host_dev_dir: str
+    plugin_dir: str
+    prefix: str
+    removal_grace: float
+    http_host: str | None = None
+    http_port: int = 0
+
+
+class Daemon:
+    def __init__(self, settings: Settings, config: Config) -> None:
+        self.settings = settings
+        self.config = config
+        self.config_error: ConfigError | None = None
+        self._last_config_text = config.text
+        self.metrics = Metrics()
+        self.metrics.collectors.append(self._samples)
+        self.registrar = Registrar(settings.plugin_dir, self._registered)
+        self.reconciler = Reconciler(
+            settings.prefix, Paths(settings.dev_dir, settings.host_dev_dir), settings.plugin_dir,
+            self.registrar, self.metrics, settings.removal_grace,
+        )
+        self.inventory = Inventory()
+        self.http: HttpServer | None = None
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._last_event = 0.0
+        self._dev_dirty = False
+        self._config_dirty = False
+        self._plugin_dirty = False
+        self._kubelet_restarted = False
+        self._reregister = False
+        self._problems: frozenset[str] = frozenset()
+        self._timer: asyncio.TimerHandle | None = None
+        self._watcher: Watcher | None = None
+
+    # --- Sink: called by the watcher and signal handlers; only flags and a wake-up --------
+    def _poke(self) -> None:
+        self._last_event = asyncio.get_running_loop().time()
+        self._wake.set()
+
+    def dev_changed(self) -> None:
+        self.metrics.inc("hotplug_events_total")
+        self._dev_dirty = True
+        self._poke()
+
+    def config_changed(self) -> None:
+        self._config_dirty = True
+        self._poke()
+
+    def kubelet_started(self) -> None:
+        log.info("kubelet.sock was created: the kubelet (re)started; registering everything again")
+        self.metrics.inc("kubelet_restarts_total")
+        self.registrar.kubelet_up.set()
+        self._plugin_dirty = self._kubelet_restarted = True
+        self._poke()
+
+    def kubelet_stopped(self) -> None:
+        log.info("kubelet.sock is gone: waiting for the kubelet to come back")
+        self.registrar.kubelet_stopped()
+
+    def socket_deleted(self, name: str) -> None:
+        if any(r.endpoint == name for r in self.reconciler.running.values()):
+            self._plugin_dirty = True
+            self._poke()
+
+    def overflow(self) -> None:
+        self.metrics.inc("rescans_total", reason="overflow")
+        self._dev_dirty = self._config_dirty = self._plugin_dirty = True
+        self._poke()
+
+    def hangup(self) -> None:
+        log.info("SIGHUP: rescanning and registering every resource again")
+        self._dev_dirty = self._config_dirty = self._reregister = True
+        self._poke()
+
+    # --- the loop ---------------------------------------------------------------------
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.hangup)
+        s = self.settings
+        os.makedirs(s.plugin_dir, exist_ok=True)
+        self._watcher = Watcher(self, s.dev_dir, s.plugin_dir, s.config_watch_dir)
+        if s.http_host is not None:
+            self.http = HttpServer({"/healthz": self._healthz, "/readyz": self._readyz,
+                                    "/metrics": self._metrics})
+            await self.http.start(s.http_host, s.http_port)
+            log.info("HTTP listener on %s:%d (/healthz /readyz /metrics)", s.http_host or "*",
+                     self.http.port)
+        log.info("smarter-device-manager %s: config %s (%d rules), dev dir %s, plugin dir %s",
+                 __version__, self.config.source, len(self.config.rules), s.dev_dir, s.plugin_dir)
+        for warning in self.config.warnings:
+            log.warning("config: %s", warning)
+        if not self.registrar.kubelet_up.is_set():
+            log.info("no kubelet yet (%s missing); serving and waiting for it",
+                     self.registrar.kubelet_socket)
+        await self._rescan("start")
+        worker = asyncio.create_task(self._work(), name="worker")
+        await self._stop.wait()
+        log.info("stopping: removing our sockets")
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)
+        await self._shutdown()
+        log.info("stopped")
+        return 0
+
+    async def _shutdown(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._watcher is not None:
+            self._watcher.close()
+        await self.registrar.close()
+        await self.reconciler.stop_all()
+        if self.http is not None:
+            await self.http.stop()
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            first = loop.time()
+            while True:  # settle: let the burst finish, but not for ever
+                now = loop.time()
+                quiet_left = self._last_event + QUIET - now
+                if quiet_left <= 0 or now - first >= MAX_DELAY:
+                    break
+                await asyncio.sleep(min(quiet_left, first + MAX_DELAY - now))
+            self._wake.clear()
+            try:
+                await self._settle()
+            except Exception:  # a bug must not kill the loop that keeps the node served
+                log.exception("internal error while applying changes; will retry on the next event")
+
+    async def _settle(self) -> None:
+        config_dirty, self._config_dirty = self._config_dirty, False
+        plugin_dirty, self._plugin_dirty = self._plugin_dirty, False
+        restarted, self._kubelet_restarted = self._kubelet_restarted, False
+        reregister, self._reregister = self._reregister, False
+        dev_dirty, self._dev_dirty = self._dev_dirty, False
+        if config_dirty and self._reload_config():
+            dev_dirty = True
+        if plugin_dirty:
+            await self.reconciler.resync_sockets(restarted)
+        if dev_dirty:
+            await self._rescan("hotplug")
+        if reregister:
+            self.reconciler.reregister_all()
+
+    def _reload_config(self) -> bool:
+        """Read the config again; True if a new valid one was taken."""
+        path = self.settings.config_path
+        if path is None:
+            path = _default_path_if_present(self.settings)
+            if path is None:
+                return False
+        try:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as exc:
+            log.warning("config %s cannot be read (%s); keeping the current rules", path,
+                        exc.strerror)
+            return False
+        if text == self._last_config_text:
+            return False
+        self._last_config_text = text
+        try:
+            config = load_config(path)
+        except ConfigError as exc:
+            self.config_error = exc
+            self.metrics.inc("config_reloads_total", result="rejected")
+            log.error("config %s rejected; still serving the last good config (%s):\n  %s",
+                      path, self.config.source, "\n  ".join(exc.problems))
+            return False
+        self.config, self.config_error = config, None
+        self.metrics.inc("config_reloads_total", result="applied")
+        log.info("config %s reloaded: %d rules", path, len(config.rules))
+        for warning in config.warnings:
+            log.warning("config: %s", warning)
+        return True
+
+    async def _rescan(self, reason: str) -> None:
+        s = self.settings
+        self.metrics.inc("rescans_total", reason=reason)
+        self.inventory = discover(s.dev_dir, self.config, s.prefix)
+        if self._watcher is not None:
+            self._watcher.sync_dev_dirs(self.inventory.directories)
+        problems = frozenset(self.inventory.problems)
+        for problem in sorted(problems - self._problems):
+            log.warning("%s", problem)
+        self._problems = problems
+        loop = asyncio.get_running_loop()
+        await self.reconciler.apply(self.inventory, self.config, loop.time())
+        self._schedule_removal()
+
+    def _schedule_removal(self) -> None:
+        due = self.reconciler.next_removal()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if due is not None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_at(due + 0.001, self.dev_changed)
+
+    # --- read-only views --------------------------------------------------------------
+    def _registered(self, registration: Registration, ok: bool) -> None:
+        self.metrics.inc("registrations_total", result="success" if ok else "failure")
+
+    def _samples(self) -> list[Sample]:
+        return [
+            ("build_info", (("version", __version__),), 1.0),
+            ("config_valid", (), 0.0 if self.config_error else 1.0),
+        ]
+
+    def _healthz(self) -> tuple[int, str, str]:
+        return 200, "text/plain", "ok\n"
+
+    def _readyz(self) -> tuple[int, str, str]:
+        reasons = []
+        if self.config_error is not None:
+            reasons.append(f"config rejected: {'; '.join(self.config_error.problems)}")
+        if not self.registrar.kubelet_up.is_set():
+            reasons.append(f"kubelet not running ({self.registrar.kubelet_socket} missing)")
+        for name in self.registrar.pending():
+            error = self.registrar.registrations[name].last_error
+            reasons.append(f"{name} not registered yet" + (f": {error}" if error else ""))
+        reasons += [f"{n}: {e}" for n, e in sorted(self.reconciler.start_errors.items())]
+        if reasons:
+            return 503, "text/plain", "not ready:\n" + "".join(f"- {r}\n" for r in reasons)
+        return 200, "text/plain", f"ready: {len(self.reconciler.running)} resources registered\n"
+
+    def _metrics(self) -> tuple[int, str, str]:
+        return 200, "text/plain; version=0.0.4; charset=utf-8", self.metrics.render()
+
+
+def _default_path_if_present(settings: Settings) -> str | None:
+    """With the embedded default in use, a config file created later takes over."""
+    from smarter_device_manager.cli import DEFAULT_CONFIG
+
+    return DEFAULT_CONFIG if os.path.isfile(DEFAULT_CONFIG) else None

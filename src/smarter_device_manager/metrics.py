@@ -1,0 +1,77 @@
+"""Counters and the Prometheus text exposition.
+
+Why not ``prometheus_client``: it imports ``ssl`` unconditionally (its push
+gateway code), which maps libssl and libcrypto into a daemon that otherwise
+keeps them out, about 4.5 MiB of RSS (docs/decisions.md). What we need is a
+few labelled counters plus gauges read from live state at scrape time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+PREFIX = "smarter_device_manager_"
+
+Labels = tuple[tuple[str, str], ...]
+Sample = tuple[str, Labels, float]
+
+FAMILIES: dict[str, tuple[str, str]] = {
+    "build_info": ("gauge", "Version of the running daemon."),
+    "resources": ("gauge", "Resources served, by state (registered, pending, unhealthy)."),
+    "devices": ("gauge", "Device IDs advertised to the kubelet, by health."),
+    "config_valid": ("gauge", "1 if the last config read was valid, 0 if it was rejected."),
+    "allocations_total": ("counter", "Containers given devices by Allocate, by resource."),
+    "allocation_errors_total": ("counter", "Allocate calls answered with an error, by resource."),
+    "registrations_total": ("counter", "Register calls to the kubelet, by result."),
+    "kubelet_restarts_total": ("counter", "Times kubelet.sock was created again."),
+    "config_reloads_total": ("counter", "Config files read after start, by result."),
+    "hotplug_events_total": ("counter", "Filesystem events seen under the dev directory."),
+    "rescans_total": ("counter", "Walks of the dev directory, by reason."),
+    "listandwatch_messages_total": ("counter", "Device lists sent to the kubelet."),
+}
+
+
+class Metrics:
+    """Named counters; gauges come from ``collectors`` called at scrape time."""
+
+    def __init__(self) -> None:
+        self._counters: dict[tuple[str, Labels], float] = {}
+        self.collectors: list[Callable[[], Iterable[Sample]]] = []
+
+    def inc(self, name: str, value: float = 1.0, **labels: str) -> None:
+        key = (name, tuple(sorted(labels.items())))
+        self._counters[key] = self._counters.get(key, 0.0) + value
+
+    def get(self, name: str, **labels: str) -> float:
+        return self._counters.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    def render(self) -> str:
+        samples: dict[str, list[tuple[Labels, float]]] = {}
+        for (name, labels), value in self._counters.items():
+            samples.setdefault(name, []).append((labels, value))
+        for collect in self.collectors:
+            for name, labels, value in collect():
+                samples.setdefault(name, []).append((labels, value))
+        lines: list[str] = []
+        for name, (kind, help_text) in FAMILIES.items():
+            full = PREFIX + name
+            lines.append(f"# HELP {full} {help_text}")
+            lines.append(f"# TYPE {full} {kind}")
+            for labels, value in sorted(samples.get(name, [])):
+                lines.append(f"{full}{_labels(labels)} {_number(value)}")
+        return "\n".join(lines) + "\n"
+
+
+def _labels(labels: Labels) -> str:
+    if not labels:
+        return ""
+    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+    return "{" + inner + "}"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if value == int(value) else repr(value)

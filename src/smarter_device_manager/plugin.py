@@ -1,0 +1,231 @@
+"""The DevicePlugin gRPC service for one resource, and the server that hosts it.
+
+A plugin knows its resource and nothing else: not the kubelet, not the config,
+not other resources. The reconcile loop swaps its resource (``update``) and
+health; the plugin turns that into ListAndWatch messages and Allocate answers.
+
+Device IDs are ``"0"`` ... ``"N-1"``: short, printable, and stable across
+restarts so the kubelet's checkpoint keeps matching (the original sent control
+characters here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from grpclib import GRPCError, Status
+from grpclib.server import Server, Stream
+
+from smarter_device_manager.api import deviceplugin_pb2 as pb
+from smarter_device_manager.api.deviceplugin_grpc import DevicePluginBase
+from smarter_device_manager.discovery import Resource
+
+log = logging.getLogger(__name__)
+
+HEALTHY = "Healthy"
+UNHEALTHY = "Unhealthy"
+OPTIONS = pb.DevicePluginOptions(pre_start_required=False, get_preferred_allocation_available=True)
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where device nodes are, seen by the daemon and by the node's runtime."""
+
+    dev_dir: str
+    host_dev_dir: str
+
+
+class DevicePlugin(DevicePluginBase):
+    """Serves one resource: ``<prefix>/<resource.name>``."""
+
+    def __init__(
+        self,
+        resource_name: str,
+        resource: Resource,
+        paths: Paths,
+        on_allocate: Callable[[str, list[str]], None] | None = None,
+    ) -> None:
+        self.resource_name = resource_name
+        self.resource = resource
+        self.healthy = True
+        self._paths = paths
+        self._on_allocate = on_allocate
+        self._changed = asyncio.Event()
+        self._stopped = False
+        self.streams = 0
+        self.messages_sent = 0
+
+    # --- state, driven by reconcile -------------------------------------------------
+    def update(self, resource: Resource, healthy: bool) -> bool:
+        """Take a new resource/health; return True if the kubelet must be told."""
+        announce = resource.count != self.resource.count or healthy != self.healthy
+        self.resource = resource
+        self.healthy = healthy
+        if announce:
+            self._wake()
+        return announce
+
+    def stop(self) -> None:
+        """End every ListAndWatch stream (the kubelet then marks devices unhealthy)."""
+        self._stopped = True
+        self._wake()
+
+    def resume(self) -> None:
+        self._stopped = False
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def device_ids(self) -> list[str]:
+        return [str(i) for i in range(self.resource.count)]
+
+    def list_response(self) -> pb.ListAndWatchResponse:
+        health = HEALTHY if self.healthy else UNHEALTHY
+        return pb.ListAndWatchResponse(
+            devices=[pb.Device(ID=device_id, health=health) for device_id in self.device_ids()]
+        )
+
+    # --- RPCs --------------------------------------------------------------------------
+    async def GetDevicePluginOptions(self, stream: Stream[pb.Empty, pb.DevicePluginOptions]) -> None:
+        await stream.recv_message()
+        await stream.send_message(OPTIONS)
+
+    async def ListAndWatch(self, stream: Stream[pb.Empty, pb.ListAndWatchResponse]) -> None:
+        await stream.recv_message()
+        self.streams += 1
+        try:
+            while not self._stopped:
+                changed = self._changed
+                await stream.send_message(self.list_response())
+                self.messages_sent += 1
+                await changed.wait()
+        finally:
+            self.streams -= 1
+
+    async def GetPreferredAllocation(
+        self, stream: Stream[pb.PreferredAllocationRequest, pb.PreferredAllocationResponse]
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        responses = []
+        for container in request.container_requests:
+            chosen = list(dict.fromkeys(container.must_include_deviceIDs))
+            for device_id in container.available_deviceIDs:
+                if len(chosen) >= container.allocation_size:
+                    break
+                if device_id not in chosen:
+                    chosen.append(device_id)
+            responses.append(pb.ContainerPreferredAllocationResponse(deviceIDs=chosen))
+        await stream.send_message(pb.PreferredAllocationResponse(container_responses=responses))
+
+    async def Allocate(self, stream: Stream[pb.AllocateRequest, pb.AllocateResponse]) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        known = set(self.device_ids())
+        responses = []
+        for container in request.container_requests:
+            unknown = [i for i in container.devices_ids if i not in known]
+            if unknown:
+                raise GRPCError(
+                    Status.INVALID_ARGUMENT,
+                    f"{self.resource_name}: unknown device IDs {unknown}; "
+                    f"this plugin has IDs 0 to {len(known) - 1}",
+                )
+            responses.append(pb.ContainerAllocateResponse(devices=self._device_specs()))
+            if self._on_allocate is not None:
+                self._on_allocate(self.resource_name, list(container.devices_ids))
+        await stream.send_message(pb.AllocateResponse(container_responses=responses))
+
+    async def PreStartContainer(
+        self, stream: Stream[pb.PreStartContainerRequest, pb.PreStartContainerResponse]
+    ) -> None:
+        await stream.recv_message()
+        await stream.send_message(pb.PreStartContainerResponse())
+
+    def _device_specs(self) -> list[pb.DeviceSpec]:
+        """Specs for every node of the resource, each checked to still be a device.
+
+        Checked again here, not only at discovery, because the node may have been
+        replaced by something else since the last scan; a container must never
+        be handed a regular file or socket.
+        """
+        if not self.healthy:
+            raise GRPCError(
+                Status.FAILED_PRECONDITION,
+                f"{self.resource_name}: /dev/{self.resource.path} is gone from the node",
+            )
+        specs = []
+        for node in self.resource.nodes:
+            try:
+                mode = os.lstat(os.path.join(self._paths.dev_dir, node.source)).st_mode
+            except OSError as exc:
+                raise GRPCError(
+                    Status.FAILED_PRECONDITION,
+                    f"{self.resource_name}: /dev/{node.source}: {exc.strerror}",
+                ) from None
+            if not (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)):
+                raise GRPCError(
+                    Status.FAILED_PRECONDITION,
+                    f"{self.resource_name}: /dev/{node.source} is no longer a device node",
+                )
+            specs.append(
+                pb.DeviceSpec(
+                    container_path=f"/dev/{node.path}",
+                    host_path=f"{self._paths.host_dev_dir.rstrip('/')}/{node.source}",
+                    permissions="rw",
+                )
+            )
+        return specs
+
+
+class PluginServer:
+    """A gRPC server on a unix socket hosting one plugin."""
+
+    def __init__(self, plugin: DevicePlugin, socket_path: str) -> None:
+        self.plugin = plugin
+        self.socket_path = socket_path
+        self._server: Server | None = None
+        self._inode = 0
+
+    async def start(self) -> None:
+        _remove_socket(self.socket_path)
+        self.plugin.resume()
+        server = Server([self.plugin])
+        await server.start(path=self.socket_path)
+        self._server = server
+        self._inode = os.stat(self.socket_path).st_ino
+
+    def socket_present(self) -> bool:
+        """Is our socket file (not a stranger's with the same name) still there?"""
+        try:
+            return os.stat(self.socket_path).st_ino == self._inode
+        except OSError:
+            return False
+
+    async def stop(self, end_streams: bool = True) -> None:
+        if end_streams:
+            self.plugin.stop()
+            for _ in range(20):
+                if not self.plugin.streams:
+                    break
+                await asyncio.sleep(0.005)
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+        if self.socket_present():
+            _remove_socket(self.socket_path)
+
+
+def _remove_socket(path: str) -> None:
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass

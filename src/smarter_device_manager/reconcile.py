@@ -1,0 +1,182 @@
+"""Reconcile: desired resources vs running plugin servers.
+
+The only place running state changes. Given the inventory of one discovery
+walk, it starts a plugin (server + registration) for each new resource,
+updates the ones that changed (one ListAndWatch message each, and only if the
+advertised list changed), and handles the ones that are no longer desired:
+
+* the device vanished but a rule still matches its path: its IDs turn
+  ``Unhealthy`` at once (allocatable 0, capacity kept, running pods untouched)
+  and the plugin is kept for ``removal_grace`` seconds so the same device coming
+  back (a USB adapter re-plugged) turns healthy again with the same IDs;
+* no rule matches it any more (config edited): withdrawn at once.
+
+Resources whose rule and device did not change keep their server, stream and
+IDs untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from smarter_device_manager.config import Config
+from smarter_device_manager.discovery import Inventory, Resource
+from smarter_device_manager.metrics import Metrics, Sample
+from smarter_device_manager.naming import socket_name
+from smarter_device_manager.plugin import DevicePlugin, Paths, PluginServer
+from smarter_device_manager.registrar import Registrar
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Running:
+    server: PluginServer
+    endpoint: str
+    vanished_since: float | None = None
+
+    @property
+    def plugin(self) -> DevicePlugin:
+        return self.server.plugin
+
+
+class Reconciler:
+    def __init__(
+        self,
+        prefix: str,
+        paths: Paths,
+        plugin_dir: str,
+        registrar: Registrar,
+        metrics: Metrics,
+        removal_grace: float,
+    ) -> None:
+        self.prefix = prefix
+        self.paths = paths
+        self.plugin_dir = plugin_dir
+        self.registrar = registrar
+        self.metrics = metrics
+        self.removal_grace = removal_grace
+        self.running: dict[str, Running] = {}
+        self.start_errors: dict[str, str] = {}
+        self._messages_of_withdrawn = 0
+        metrics.collectors.append(self.samples)
+
+    async def apply(self, inventory: Inventory, config: Config, now: float) -> None:
+        for name, resource in inventory.resources.items():
+            running = self.running.get(name)
+            if running is None:
+                await self._start(name, resource)
+                continue
+            came_back = running.vanished_since is not None
+            running.vanished_since = None
+            old_count = running.plugin.resource.count
+            if running.plugin.update(resource, healthy=True):
+                if came_back:
+                    log.info("%s is back: /dev/%s, devices healthy again",
+                             running.plugin.resource_name, resource.path)
+                else:
+                    log.info("%s now has %d devices (was %d)",
+                             running.plugin.resource_name, resource.count, old_count)
+        for name, running in list(self.running.items()):
+            if name in inventory.resources:
+                continue
+            path = running.plugin.resource.path
+            if config.first_match(path) is None:
+                await self._withdraw(name, "no rule matches it any more")
+            elif running.vanished_since is None:
+                running.vanished_since = now
+                running.plugin.update(running.plugin.resource, healthy=False)
+                log.warning("%s: /dev/%s is gone; devices reported Unhealthy, withdrawn in %gs "
+                            "unless it comes back", running.plugin.resource_name, path,
+                            self.removal_grace)
+            if (name in self.running and running.vanished_since is not None
+                    and now - running.vanished_since >= self.removal_grace):
+                await self._withdraw(name, f"gone for {self.removal_grace:g}s")
+
+    def next_removal(self) -> float | None:
+        """When the next vanished resource is due to be withdrawn."""
+        times = [r.vanished_since for r in self.running.values() if r.vanished_since is not None]
+        return min(times) + self.removal_grace if times else None
+
+    async def resync_sockets(self, kubelet_restarted: bool) -> None:
+        """Serve again on any socket that vanished, then register what needs it.
+
+        The kubelet deletes every socket in its directory when it starts, so
+        this runs before registering: the kubelet dials us right after Register.
+        """
+        for name, running in list(self.running.items()):
+            if running.server.socket_present():
+                if kubelet_restarted:
+                    self.registrar.request(running.plugin.resource_name, running.endpoint)
+                continue
+            log.info("socket %s was removed; serving %s again", running.endpoint,
+                     running.plugin.resource_name)
+            await running.server.stop(end_streams=True)
+            try:
+                await running.server.start()
+            except OSError as exc:
+                self.start_errors[name] = f"cannot serve on {running.server.socket_path}: {exc}"
+                log.error("%s: %s", running.plugin.resource_name, self.start_errors[name])
+                continue
+            self.registrar.request(running.plugin.resource_name, running.endpoint)
+
+    def reregister_all(self) -> None:
+        for running in self.running.values():
+            self.registrar.request(running.plugin.resource_name, running.endpoint)
+
+    async def stop_all(self) -> None:
+        for name in list(self.running):
+            await self._withdraw(name, "shutting down", quiet=True)
+
+    async def _start(self, name: str, resource: Resource) -> None:
+        resource_name = f"{self.prefix}/{name}"
+        endpoint = socket_name(self.prefix, name, self.plugin_dir)
+        plugin = DevicePlugin(resource_name, resource, self.paths, self._allocated)
+        server = PluginServer(plugin, f"{self.plugin_dir.rstrip('/')}/{endpoint}")
+        try:
+            await server.start()
+        except OSError as exc:
+            self.start_errors[name] = f"cannot serve on {server.socket_path}: {exc}"
+            log.error("%s: %s", resource_name, self.start_errors[name])
+            return
+        self.start_errors.pop(name, None)
+        self.running[name] = Running(server, endpoint)
+        log.info("serving %s: %d devices for /dev/%s (%s, rule %d) on %s", resource_name,
+                 resource.count, resource.path, resource.kind, resource.rule, endpoint)
+        self.registrar.request(resource_name, endpoint)
+
+    async def _withdraw(self, name: str, why: str, quiet: bool = False) -> None:
+        running = self.running.pop(name)
+        self.registrar.cancel(running.plugin.resource_name)
+        await running.server.stop(end_streams=True)
+        self._messages_of_withdrawn += running.plugin.messages_sent
+        if not quiet:
+            log.info("withdrew %s: %s", running.plugin.resource_name, why)
+
+    def _allocated(self, resource_name: str, device_ids: list[str]) -> None:
+        self.metrics.inc("allocations_total", resource=resource_name)
+        name = resource_name.split("/", 1)[1]
+        running = self.running.get(name)
+        paths = [f"/dev/{n.path}" for n in running.plugin.resource.nodes] if running else []
+        log.info("allocated %s IDs %s: %s", resource_name, device_ids, " ".join(paths))
+
+    def samples(self) -> list[Sample]:
+        states = {"registered": 0, "pending": 0, "unhealthy": 0}
+        health = {"Healthy": 0, "Unhealthy": 0}
+        messages = self._messages_of_withdrawn
+        for running in self.running.values():
+            plugin = running.plugin
+            registration = self.registrar.registrations.get(plugin.resource_name)
+            if running.vanished_since is not None:
+                states["unhealthy"] += 1
+            elif registration is not None and registration.registered:
+                states["registered"] += 1
+            else:
+                states["pending"] += 1
+            health["Healthy" if plugin.healthy else "Unhealthy"] += plugin.resource.count
+            messages += plugin.messages_sent
+        out: list[Sample] = [("resources", (("state", s),), float(v)) for s, v in states.items()]
+        out += [("devices", (("health", h),), float(v)) for h, v in health.items()]
+        out.append(("listandwatch_messages_total", (), float(messages)))
+        return out

@@ -1,0 +1,145 @@
+"""Registration with the kubelet: one retrying task per resource.
+
+The registrar knows the kubelet (its socket, the Register call, when it is
+there) and nothing about devices. Each resource registers on its own, so one
+failing Register (say, a name the kubelet rejects) never holds back the
+others, and a missing kubelet means waiting, not a tight retry loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from grpclib.client import Channel
+
+from smarter_device_manager.api import deviceplugin_pb2 as pb
+from smarter_device_manager.api.deviceplugin_grpc import RegistrationStub
+from smarter_device_manager.plugin import OPTIONS
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "v1beta1"
+KUBELET_SOCKET = "kubelet.sock"
+REGISTER_TIMEOUT = 10.0
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 30.0
+
+
+@dataclass
+class Registration:
+    resource_name: str
+    endpoint: str
+    registered: bool = False
+    attempts: int = 0
+    last_error: str = ""
+
+
+class Registrar:
+    """Keeps each requested resource registered while the kubelet is up."""
+
+    def __init__(
+        self, plugin_dir: str, on_result: Callable[[Registration, bool], None] | None = None
+    ) -> None:
+        self.kubelet_socket = os.path.join(plugin_dir, KUBELET_SOCKET)
+        self.kubelet_up = asyncio.Event()
+        if os.path.exists(self.kubelet_socket):
+            self.kubelet_up.set()
+        self.registrations: dict[str, Registration] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._on_result = on_result
+
+    def request(self, resource_name: str, endpoint: str) -> None:
+        """(Re-)register ``resource_name`` served at ``endpoint`` (a file name)."""
+        self.cancel(resource_name)
+        registration = Registration(resource_name, endpoint)
+        self.registrations[resource_name] = registration
+        self._tasks[resource_name] = asyncio.create_task(
+            self._keep(registration), name=f"register {resource_name}"
+        )
+
+    def cancel(self, resource_name: str) -> None:
+        task = self._tasks.pop(resource_name, None)
+        if task is not None:
+            task.cancel()
+        self.registrations.pop(resource_name, None)
+
+    def kubelet_started(self) -> None:
+        """``kubelet.sock`` was (re)created: the kubelet forgot us; register everything."""
+        self.kubelet_up.set()
+        for registration in list(self.registrations.values()):
+            self.request(registration.resource_name, registration.endpoint)
+
+    def kubelet_stopped(self) -> None:
+        self.kubelet_up.clear()
+        for registration in self.registrations.values():
+            registration.registered = False
+
+    def pending(self) -> list[str]:
+        return sorted(n for n, r in self.registrations.items() if not r.registered)
+
+    async def close(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    async def _keep(self, registration: Registration) -> None:
+        delay = BACKOFF_FIRST
+        while True:
+            if not self.kubelet_up.is_set():
+                log.info("waiting for the kubelet (%s) to register %s",
+                         self.kubelet_socket, registration.resource_name)
+                await self.kubelet_up.wait()
+            registration.attempts += 1
+            try:
+                await self._register(registration)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any failure: log, back off, retry this one only
+                registration.last_error = _describe(exc)
+                log.warning("registering %s with the kubelet failed (attempt %d): %s; retry in %.1fs",
+                            registration.resource_name, registration.attempts,
+                            registration.last_error, delay)
+                if self._on_result:
+                    self._on_result(registration, False)
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, BACKOFF_MAX)
+                continue
+            registration.registered = True
+            registration.last_error = ""
+            log.info("registered %s with the kubelet (endpoint %s)",
+                     registration.resource_name, registration.endpoint)
+            if self._on_result:
+                self._on_result(registration, True)
+            self._tasks.pop(registration.resource_name, None)
+            return
+
+    async def _register(self, registration: Registration) -> None:
+        channel = Channel(path=self.kubelet_socket)
+        try:
+            request = pb.RegisterRequest(
+                version=API_VERSION,
+                endpoint=registration.endpoint,
+                resource_name=registration.resource_name,
+                options=OPTIONS,
+            )
+            await asyncio.wait_for(RegistrationStub(channel).Register(request), REGISTER_TIMEOUT)
+        finally:
+            channel.close()
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return f"no answer within {REGISTER_TIMEOUT:.0f}s"
+    message = getattr(exc, "message", None)
+    if message:
+        return str(message)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

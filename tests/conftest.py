@@ -1,0 +1,105 @@
+"""Shared fixtures: a temporary node (dev dir, plugin dir, config) and the daemon as a process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+IS_ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root: mknod of device nodes")
+
+
+def mkdev(path: Path, kind: str = "c", major: int = 1, minor: int = 3) -> Path:
+    """Make a real device node (root only) at ``path``, creating parents."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = (stat.S_IFCHR if kind == "c" else stat.S_IFBLK) | 0o660
+    os.mknod(path, mode, os.makedev(major, minor))
+    return path
+
+
+@dataclass
+class Node:
+    root: Path
+    dev: Path
+    plugins: Path
+    config: Path
+    procs: list[DaemonProcess] = field(default_factory=list)
+
+    def write_config(self, text: str) -> None:
+        self.config.write_text(text)
+
+    def start(self, *extra: str, config: bool = True, env: dict[str, str] | None = None,
+              args: list[str] | None = None) -> DaemonProcess:
+        argv = args if args is not None else [
+            "serve", "--dev-dir", str(self.dev), "--plugin-dir", str(self.plugins),
+            "--log-level", "debug",
+        ]
+        if config and args is None:
+            argv += ["--config", str(self.config)]
+        proc = DaemonProcess.spawn([*argv, *extra], self.root / f"daemon{len(self.procs)}.log",
+                                   env)
+        self.procs.append(proc)
+        return proc
+
+
+class DaemonProcess:
+    def __init__(self, popen: subprocess.Popen[bytes], log_path: Path) -> None:
+        self.popen = popen
+        self.log_path = log_path
+
+    @classmethod
+    def spawn(cls, argv: list[str], log_path: Path, env: dict[str, str] | None) -> DaemonProcess:
+        log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the process
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        popen = subprocess.Popen([sys.executable, "-m", "smarter_device_manager", *argv],
+                                 stdout=log, stderr=subprocess.STDOUT, env=full_env)
+        return cls(popen, log_path)
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, text: str, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log:
+                return
+            if self.popen.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise AssertionError(f"{text!r} not logged within {timeout}s; log:\n{self.log}")
+
+    def signal(self, sig: int) -> None:
+        self.popen.send_signal(sig)
+
+    def stop(self, timeout: float = 5.0) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        return self.popen.returncode
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Node]:
+    dev = tmp_path / "dev"
+    plugins = tmp_path / "plugins"
+    dev.mkdir()
+    plugins.mkdir()
+    n = Node(tmp_path, dev, plugins, tmp_path / "config" / "conf.yaml")
+    n.config.parent.mkdir()
+    yield n
+    for proc in n.procs:
+        proc.stop()
