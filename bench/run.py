@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from kubelet_standin import KubeletStandin  # noqa: E402
+from kubelet_standin import KubeletStandin
 
 PREFIX = "smarter-devices/"
 # 20 resources under the embedded default config, as on a busy Pi.
@@ -58,7 +58,7 @@ def cpu_seconds(pid: int) -> float:
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def report(name: str, value: str, target: str) -> None:

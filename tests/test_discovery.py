@@ -60,7 +60,7 @@ def test_socket_names_fit_sun_path() -> None:
     assert len(long_dir) + 1 + len(short) <= 107
     assert short == socket_name(PREFIX, name, long_dir)  # stable
     assert short != socket_name(PREFIX, "a" * 62 + "b", long_dir)
-    assert socket_name(PREFIX, name, "/" + "d" * 95).endswith(".sock")  # hash only: 15 chars
+    assert socket_name(PREFIX, name, "/" + "d" * 95).endswith(".sock")  # hash only: 13 chars
 
 
 # --- walking a real dev root -----------------------------------------------------------------

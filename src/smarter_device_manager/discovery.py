@@ -182,6 +182,11 @@ class _Walk:
         self.found.append(Resource(sanitize(rel), rel, kind, rule.count, rule.index, nodes))
 
 
+def directory_nodes(dev_dir: str, rel_dir: str) -> tuple[DeviceNode, ...]:
+    """The device nodes below ``rel_dir`` right now (for Allocate of a directory)."""
+    return _Walk(dev_dir, Config("", ()))._nodes_under(rel_dir)
+
+
 def discover(dev_dir: str, config: Config, prefix: str) -> Inventory:
     """Walk ``dev_dir`` and return the resources the rules select.
 

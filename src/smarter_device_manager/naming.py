@@ -8,7 +8,7 @@ which device and why.
 
 from __future__ import annotations
 
-import hashlib
+import binascii
 import re
 
 DEFAULT_PREFIX = "smarter-devices"
@@ -57,6 +57,7 @@ def socket_name(prefix: str, name: str, plugin_dir: str) -> str:
     room = SOCKET_PATH_MAX - len(plugin_dir.rstrip("/")) - 1
     if len(file_name) <= room:
         return file_name
-    digest = hashlib.sha256(f"{prefix}/{name}".encode()).hexdigest()[:10]
+    # crc32, not hashlib: hashlib maps OpenSSL's libcrypto (3.4 MiB of RSS).
+    digest = f"{binascii.crc32(f'{prefix}/{name}'.encode()):08x}"
     keep = max(0, room - len(stem) - len(digest) - len("--.sock"))
     return f"{stem}-{name[:keep]}-{digest}.sock" if keep else f"{digest}.sock"

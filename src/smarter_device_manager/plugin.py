@@ -23,7 +23,7 @@ from grpclib.server import Server, Stream
 
 from smarter_device_manager.api import deviceplugin_pb2 as pb
 from smarter_device_manager.api.deviceplugin_grpc import DevicePluginBase
-from smarter_device_manager.discovery import Resource
+from smarter_device_manager.discovery import KIND_DIRECTORY, Resource, directory_nodes
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +160,16 @@ class DevicePlugin(DevicePluginBase):
                 Status.FAILED_PRECONDITION,
                 f"{self.resource_name}: /dev/{self.resource.path} is gone from the node",
             )
+        nodes = self.resource.nodes
+        if self.resource.kind == KIND_DIRECTORY:
+            # What is in the directory now, not at the last scan: a sound card
+            # may have gained or lost nodes since.
+            nodes = directory_nodes(self._paths.dev_dir, self.resource.path)
+            if not nodes:
+                raise GRPCError(Status.FAILED_PRECONDITION,
+                                f"{self.resource_name}: /dev/{self.resource.path} holds no device nodes")
         specs = []
-        for node in self.resource.nodes:
+        for node in nodes:
             try:
                 mode = os.lstat(os.path.join(self._paths.dev_dir, node.source)).st_mode
             except OSError as exc:
@@ -209,6 +217,10 @@ class PluginServer:
             return False
 
     async def stop(self, end_streams: bool = True) -> None:
+        # The socket goes first, so once the kubelet sees its stream end the
+        # resource is really gone from the directory too.
+        if self.socket_present():
+            _remove_socket(self.socket_path)
         if end_streams:
             self.plugin.stop()
             for _ in range(20):
@@ -219,8 +231,6 @@ class PluginServer:
         if server is not None:
             server.close()
             await server.wait_closed()
-        if self.socket_present():
-            _remove_socket(self.socket_path)
 
 
 def _remove_socket(path: str) -> None:

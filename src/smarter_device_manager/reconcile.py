@@ -148,11 +148,11 @@ class Reconciler:
 
     async def _withdraw(self, name: str, why: str, quiet: bool = False) -> None:
         running = self.running.pop(name)
+        if not quiet:
+            log.info("withdrew %s: %s", running.plugin.resource_name, why)
         self.registrar.cancel(running.plugin.resource_name)
         await running.server.stop(end_streams=True)
         self._messages_of_withdrawn += running.plugin.messages_sent
-        if not quiet:
-            log.info("withdrew %s: %s", running.plugin.resource_name, why)
 
     def _allocated(self, resource_name: str, device_ids: list[str]) -> None:
         self.metrics.inc("allocations_total", resource=resource_name)
