@@ -115,6 +115,8 @@ class _Walk:
     def _classify(self, entry: os.DirEntry[str], rel: str, rule: Rule) -> None:
         try:
             mode = entry.stat(follow_symlinks=False).st_mode
+        except FileNotFoundError:
+            return  # removed while we walked: the event it raised brings another scan
         except OSError as exc:
             self.problems.append(f"skipped /dev/{rel}: cannot stat: {exc.strerror}")
             return

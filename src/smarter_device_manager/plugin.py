@@ -12,6 +12,7 @@ characters here).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import stat
@@ -57,6 +58,8 @@ class DevicePlugin(DevicePluginBase):
         self._on_allocate = on_allocate
         self._changed = asyncio.Event()
         self._stopped = False
+        self._idle = asyncio.Event()  # set while no ListAndWatch stream is open
+        self._idle.set()
         self.streams = 0
         self.messages_sent = 0
 
@@ -99,6 +102,7 @@ class DevicePlugin(DevicePluginBase):
     async def ListAndWatch(self, stream: Stream[pb.Empty, pb.ListAndWatchResponse]) -> None:
         await stream.recv_message()
         self.streams += 1
+        self._idle.clear()
         try:
             while not self._stopped:
                 changed = self._changed
@@ -107,6 +111,13 @@ class DevicePlugin(DevicePluginBase):
                 await changed.wait()
         finally:
             self.streams -= 1
+            if not self.streams:
+                self._idle.set()
+
+    async def streams_ended(self, timeout: float) -> None:
+        """Wait (briefly) for every stream to send its end, so the kubelet sees a clean close."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
 
     async def GetPreferredAllocation(
         self, stream: Stream[pb.PreferredAllocationRequest, pb.PreferredAllocationResponse]
@@ -223,10 +234,7 @@ class PluginServer:
             _remove_socket(self.socket_path)
         if end_streams:
             self.plugin.stop()
-            for _ in range(20):
-                if not self.plugin.streams:
-                    break
-                await asyncio.sleep(0.005)
+            await self.plugin.streams_ended(0.1)
         server, self._server = self._server, None
         if server is not None:
             server.close()

@@ -17,6 +17,7 @@ IDs untouched.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -78,21 +79,24 @@ class Reconciler:
                 else:
                     log.info("%s now has %d devices (was %d)",
                              running.plugin.resource_name, resource.count, old_count)
+        withdrawals = []
         for name, running in list(self.running.items()):
             if name in inventory.resources:
                 continue
             path = running.plugin.resource.path
             if config.first_match(path) is None:
-                await self._withdraw(name, "no rule matches it any more")
-            elif running.vanished_since is None:
+                withdrawals.append(self._withdraw(name, "no rule matches it any more"))
+                continue
+            if running.vanished_since is None:
                 running.vanished_since = now
                 running.plugin.update(running.plugin.resource, healthy=False)
                 log.warning("%s: /dev/%s is gone; devices reported Unhealthy, withdrawn in %gs "
                             "unless it comes back", running.plugin.resource_name, path,
                             self.removal_grace)
-            if (name in self.running and running.vanished_since is not None
-                    and now - running.vanished_since >= self.removal_grace):
-                await self._withdraw(name, f"gone for {self.removal_grace:g}s")
+            if now - running.vanished_since >= self.removal_grace:
+                withdrawals.append(self._withdraw(name, f"gone for {self.removal_grace:g}s"))
+        # Together, not one after another: each waits briefly for its stream to end.
+        await asyncio.gather(*withdrawals)
 
     def next_removal(self) -> float | None:
         """When the next vanished resource is due to be withdrawn."""
@@ -126,8 +130,7 @@ class Reconciler:
             self.registrar.request(running.plugin.resource_name, running.endpoint)
 
     async def stop_all(self) -> None:
-        for name in list(self.running):
-            await self._withdraw(name, "shutting down", quiet=True)
+        await asyncio.gather(*(self._withdraw(n, "shutting down", quiet=True) for n in list(self.running)))
 
     async def _start(self, name: str, resource: Resource) -> None:
         resource_name = f"{self.prefix}/{name}"

@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from grpclib import GRPCError
 from grpclib.client import Channel
 
 from smarter_device_manager.api import deviceplugin_pb2 as pb
@@ -51,6 +52,10 @@ class Registrar:
         self.registrations: dict[str, Registration] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._on_result = on_result
+        # One HTTP/2 connection to the kubelet carries every Register: a node
+        # with hundreds of devices must not open hundreds of connections at once
+        # (the kubelet's listen backlog overflows and connects fail).
+        self._channel: Channel | None = None
 
     def request(self, resource_name: str, endpoint: str) -> None:
         """(Re-)register ``resource_name`` served at ``endpoint`` (a file name)."""
@@ -69,11 +74,13 @@ class Registrar:
 
     def kubelet_started(self) -> None:
         """``kubelet.sock`` was (re)created: the kubelet forgot us; register everything."""
+        self._drop_channel()
         self.kubelet_up.set()
         for registration in list(self.registrations.values()):
             self.request(registration.resource_name, registration.endpoint)
 
     def kubelet_stopped(self) -> None:
+        self._drop_channel()
         self.kubelet_up.clear()
         for registration in self.registrations.values():
             registration.registered = False
@@ -87,12 +94,18 @@ class Registrar:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+        self._drop_channel()
+
+    def _drop_channel(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
 
     async def _keep(self, registration: Registration) -> None:
         delay = BACKOFF_FIRST
         while True:
             if not self.kubelet_up.is_set():
-                log.info("waiting for the kubelet (%s) to register %s",
+                log.debug("waiting for the kubelet (%s) to register %s",
                          self.kubelet_socket, registration.resource_name)
                 await self.kubelet_up.wait()
             registration.attempts += 1
@@ -101,6 +114,8 @@ class Registrar:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any failure: log, back off, retry this one only
+                if not isinstance(exc, GRPCError):  # the connection itself is suspect
+                    self._drop_channel()
                 registration.last_error = _describe(exc)
                 log.warning("registering %s with the kubelet failed (attempt %d): %s; retry in %.1fs",
                             registration.resource_name, registration.attempts,
@@ -120,17 +135,15 @@ class Registrar:
             return
 
     async def _register(self, registration: Registration) -> None:
-        channel = Channel(path=self.kubelet_socket)
-        try:
-            request = pb.RegisterRequest(
-                version=API_VERSION,
-                endpoint=registration.endpoint,
-                resource_name=registration.resource_name,
-                options=OPTIONS,
-            )
-            await asyncio.wait_for(RegistrationStub(channel).Register(request), REGISTER_TIMEOUT)
-        finally:
-            channel.close()
+        if self._channel is None:
+            self._channel = Channel(path=self.kubelet_socket)
+        request = pb.RegisterRequest(
+            version=API_VERSION,
+            endpoint=registration.endpoint,
+            resource_name=registration.resource_name,
+            options=OPTIONS,
+        )
+        await asyncio.wait_for(RegistrationStub(self._channel).Register(request), REGISTER_TIMEOUT)
 
 
 def _jitter() -> float:

@@ -1,0 +1,138 @@
+"""The HTTP listener of a running daemon: /healthz, /readyz and /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Coroutine
+from typing import Any
+from urllib.error import HTTPError
+
+import pytest
+from conftest import Node, mkdev, needs_root
+from kubelet_standin import KubeletStandin
+
+pytestmark = [needs_root, pytest.mark.e2e]
+
+TTY = "- devicematch: ^ttyUSB[0-9]+$\n  nummaxdevices: 2\n"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3) as response:
+            return response.status, response.read().decode()
+    except HTTPError as error:
+        return error.code, error.read().decode()
+
+
+async def aget(port: int, path: str) -> tuple[int, str]:
+    return await asyncio.get_running_loop().run_in_executor(None, get, port, path)
+
+
+def run(coro: Coroutine[Any, Any, None]) -> None:
+    asyncio.run(asyncio.wait_for(coro, 60))
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    pattern = re.escape(f"smarter_device_manager_{name}{labels}") + r" ([0-9.e+-]+)$"
+    match = re.search(pattern, text, re.M)
+    assert match, f"{name}{labels} not in:\n{text}"
+    return float(match.group(1))
+
+
+def test_probes_follow_the_kubelet_and_the_config(node: Node) -> None:
+    mkdev(node.dev / "ttyUSB0", major=188)
+    node.write_config(TTY)
+    port = free_port()
+
+    async def scenario() -> None:
+        proc = node.start("--http-address", f"127.0.0.1:{port}")
+        await asyncio.get_running_loop().run_in_executor(None, proc.wait_log, "HTTP listener")
+        assert await aget(port, "/healthz") == (200, "ok\n")
+        status, body = await aget(port, "/readyz")
+        assert status == 503
+        assert "kubelet not running" in body
+        assert "smarter-devices/ttyUSB0 not registered yet" in body
+
+        kubelet = KubeletStandin(str(node.plugins))
+        await kubelet.start()
+        await kubelet.wait_for(lambda: kubelet.healthy("smarter-devices/ttyUSB0") == 2)
+        for _ in range(50):
+            status, body = await aget(port, "/readyz")
+            if status == 200:
+                break
+            await asyncio.sleep(0.02)
+        assert (status, body) == (200, "ready: 1 resources registered\n")
+
+        await kubelet.allocate("smarter-devices/ttyUSB0", ["1"])
+        mkdev(node.dev / "ttyUSB1", major=188, minor=1)
+        await kubelet.wait_for(lambda: kubelet.healthy("smarter-devices/ttyUSB1") == 2)
+        (node.dev / "ttyUSB1").unlink()
+        await kubelet.wait_for(lambda: kubelet.healthy("smarter-devices/ttyUSB1") == 0)
+        _, text = await aget(port, "/metrics")
+        assert metric(text, "allocations_total", '{resource="smarter-devices/ttyUSB0"}') == 1
+        assert metric(text, "resources", '{state="registered"}') == 1
+        assert metric(text, "resources", '{state="unhealthy"}') == 1
+        assert metric(text, "devices", '{health="Healthy"}') == 2
+        assert metric(text, "devices", '{health="Unhealthy"}') == 2
+        assert metric(text, "registrations_total", '{result="success"}') >= 2
+        assert metric(text, "kubelet_restarts_total") == 1
+        assert metric(text, "hotplug_events_total") >= 2
+        assert metric(text, "config_valid") == 1
+        assert metric(text, "build_info", '{version="2.0.0"}') == 1
+        assert metric(text, "listandwatch_messages_total") >= 3
+        assert "# TYPE smarter_device_manager_allocations_total counter" in text
+
+        bad = node.config.with_name("bad.yaml")
+        bad.write_text("- devicematch: '('\n")
+        os.rename(bad, node.config)
+        await asyncio.get_running_loop().run_in_executor(None, proc.wait_log, "rejected")
+        status, body = await aget(port, "/readyz")
+        assert status == 503
+        assert "config rejected" in body and "not a valid regular expression" in body
+        _, text = await aget(port, "/metrics")
+        assert metric(text, "config_valid") == 0
+        assert metric(text, "config_reloads_total", '{result="rejected"}') == 1
+        assert kubelet.healthy("smarter-devices/ttyUSB0") == 2, "still serving the last good config"
+
+        assert (await aget(port, "/nope"))[0] == 404
+        await kubelet.stop()
+
+    run(scenario())
+
+
+def test_bad_http_address_and_durations_are_usage_errors(node: Node) -> None:
+    for args in (["--http-address", "nonsense"], ["--http-address", ":99999"],
+                 ["--removal-grace", "-5"], ["--removal-grace", "soon"],
+                 ["--resource-prefix", "Bad_Prefix"], ["--log-format", "xml"]):
+        result = subprocess.run([sys.executable, "-m", "smarter_device_manager", "serve", *args],
+                                capture_output=True, text=True, check=False, timeout=10)
+        assert result.returncode == 2, args
+        assert "error:" in result.stderr and "Traceback" not in result.stderr
+    env = {**os.environ, "SDM_HTTP_ADDRESS": "nope"}
+    result = subprocess.run([sys.executable, "-m", "smarter_device_manager", "serve"],
+                            capture_output=True, text=True, check=False, timeout=10, env=env)
+    assert result.returncode == 2 and "not HOST:PORT" in result.stderr
+
+
+def test_port_in_use_fails_clearly(node: Node) -> None:
+    node.write_config(TTY)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = node.start("--http-address", f"127.0.0.1:{port}")
+        assert proc.popen.wait(10) == 1
+    assert "not starting:" in proc.log and "address already in use" in proc.log.lower()
+    assert "Traceback" not in proc.log
