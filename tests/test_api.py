@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import filecmp
 import sys
 from pathlib import Path
@@ -46,13 +47,14 @@ def test_wire_format_field_numbers() -> None:
 
 
 def test_service_paths() -> None:
-    from smarter_device_manager.api import deviceplugin_grpc as grpc_api
+    from smarter_device_manager.discovery import Resource
+    from smarter_device_manager.plugin import DevicePlugin, Paths
 
-    class Probe(grpc_api.DevicePluginBase):  # type: ignore[misc]
-        GetDevicePluginOptions = ListAndWatch = GetPreferredAllocation = None
-        Allocate = PreStartContainer = None
+    async def mapping() -> list[str]:
+        plugin = DevicePlugin("d/x", Resource("x", "x", "device", 1, 1, ()), Paths("/dev", "/dev"))
+        return sorted(plugin.__mapping__())
 
-    assert sorted(Probe().__mapping__()) == [
+    assert asyncio.run(mapping()) == [
         "/v1beta1.DevicePlugin/Allocate", "/v1beta1.DevicePlugin/GetDevicePluginOptions",
         "/v1beta1.DevicePlugin/GetPreferredAllocation", "/v1beta1.DevicePlugin/ListAndWatch",
         "/v1beta1.DevicePlugin/PreStartContainer"]
