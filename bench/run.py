@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -54,6 +55,11 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as stat_file:
         fields = stat_file.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def http_get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return str(response.read().decode())
 
 
 def pct(values: list[float], q: float) -> float:
@@ -144,6 +150,17 @@ async def core(args: argparse.Namespace) -> None:
     await node.kubelet.restart()
     await node.kubelet.wait_for(lambda: node.streaming() >= DEFAULT_RESOURCES, timeout=30)
     report("kubelet restart -> all 20 re-registered", f"{time.monotonic() - t0:.3f}s", "<= 1 s")
+    await node.close()
+
+    node = Node(DEFAULT_DEVICES, None, "--http-address", "127.0.0.1:18089")
+    await node.start(DEFAULT_RESOURCES)
+    loop = asyncio.get_running_loop()
+    for path in ("/metrics", "/readyz", "/healthz") * 20:
+        await loop.run_in_executor(None, http_get, f"http://127.0.0.1:18089{path}")
+    await asyncio.sleep(0.5)
+    mem = proc_status(node.proc.pid) if node.proc else {}
+    report("with the HTTP listener on, 60 scrapes: VmRSS / VmHWM",
+           f"{mem['VmRSS']:.1f} / {mem['VmHWM']:.1f} MiB", "<= 24 MiB")
     await node.close()
 
     many = [f"ttyUSB{i}" for i in range(args.many)]
