@@ -27,12 +27,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import deviceplugin_pb2 as pb  # the real protobuf runtime, generated from our .proto
+from deviceplugin_grpc import DevicePluginStub, RegistrationBase
 from grpclib import GRPCError, Status
 from grpclib.client import Channel
 from grpclib.server import Server, Stream
-
-from smarter_device_manager.api import deviceplugin_pb2 as pb
-from smarter_device_manager.api.deviceplugin_grpc import DevicePluginStub, RegistrationBase
 
 _QUALIFIED_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")

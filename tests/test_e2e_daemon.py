@@ -10,12 +10,11 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+import deviceplugin_pb2 as pb
 import pytest
 from conftest import Node, mkdev, needs_root
 from grpclib import GRPCError, Status
 from kubelet_standin import KubeletStandin
-
-from smarter_device_manager.api import deviceplugin_pb2 as pb
 
 pytestmark = [needs_root, pytest.mark.e2e]
 

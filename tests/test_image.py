@@ -287,8 +287,9 @@ def dockerignored(path: str, patterns: list[str]) -> bool:
 def test_dockerignore_keeps_what_the_build_reads() -> None:
     patterns = [ln.strip() for ln in DOCKERIGNORE.read_text().splitlines()
                 if ln.strip() and not ln.strip().startswith("#")]
-    for needed in ("pyproject.toml", EMBEDDED_CONFIG, "src/smarter_device_manager/cli.py",
-                   "src/smarter_device_manager/api/deviceplugin_pb2.py"):
+    for needed in ("pyproject.toml", "constraints.txt", EMBEDDED_CONFIG,
+                   "src/smarter_device_manager/cli.py",
+                   "src/smarter_device_manager/api/messages.py"):
         assert not dockerignored(needed, patterns), f"{needed} is excluded from the context"
     for unwanted in (".git/config", "tests/test_image.py", "docs/image.md",
                      "src/smarter_device_manager/__pycache__/cli.cpython-311.pyc"):

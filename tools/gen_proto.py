@@ -1,9 +1,11 @@
-"""Regenerate the kubelet API modules from ``api/deviceplugin.proto``.
+"""Regenerate the protobuf modules the tests use as the reference implementation.
 
-Why a script: the generated code is committed (the image must not need protoc),
-so it has to be reproducible. Run with the pinned ``grpcio-tools`` from the
-``test`` extra; ``tests/test_api_generated.py`` fails when the committed files
-drift from what this produces.
+The daemon does not use generated code at run time (``api/messages.py`` is a
+small hand-written codec; docs/decisions.md says why). protoc's output from
+``api/deviceplugin.proto`` is the oracle: the kubelet stand-in speaks it, and
+``tests/test_api.py`` checks our codec against it. The output is committed in
+``tests/`` and must be reproducible: run this with the pinned ``grpcio-tools``
+from the ``test`` extra; a test fails when the committed files drift.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SRC = ROOT / "src"
-PROTO = "smarter_device_manager/api/deviceplugin.proto"
+API = ROOT / "src" / "smarter_device_manager" / "api"
+PROTO = "deviceplugin.proto"
+OUT = ROOT / "tests"
 OUTPUTS = ("deviceplugin_pb2.py", "deviceplugin_pb2.pyi", "deviceplugin_grpc.py")
 
 
@@ -27,9 +30,9 @@ def generate(out_dir: Path) -> None:
     env = {**os.environ, "PATH": f"{plugin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     subprocess.run(
         [
-            sys.executable, "-m", "grpc_tools.protoc", f"-I{SRC}",
+            sys.executable, "-m", "grpc_tools.protoc", f"-I{API}",
             f"--python_out={out_dir}", f"--pyi_out={out_dir}",
-            f"--grpclib_python_out={out_dir}", str(SRC / PROTO),
+            f"--grpclib_python_out={out_dir}", str(API / PROTO),
         ],
         check=True,
         env=env,
@@ -40,8 +43,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         generate(Path(tmp))
         for name in OUTPUTS:
-            generated = Path(tmp) / "smarter_device_manager" / "api" / name
-            shutil.copy(generated, SRC / "smarter_device_manager" / "api" / name)
+            shutil.copy(Path(tmp) / name, OUT / name)
     return 0
 
 

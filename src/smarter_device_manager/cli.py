@@ -23,6 +23,14 @@ DEFAULT_REMOVAL_GRACE = 300.0
 EXIT_USAGE = 2
 
 
+class _Formatter(argparse.HelpFormatter):
+    """A fixed width: the default asks shutil for the terminal size, and importing
+    shutil (with bz2, lzma, fnmatch) costs the daemon 0.5 MiB of RSS."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=100)
+
+
 def _env(option: str, default: Any = None) -> Any:
     return os.environ.get("SDM_" + option.upper().replace("-", "_"), default)
 
@@ -68,13 +76,14 @@ def _discovery_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="smarter-device-manager",
+        prog="smarter-device-manager", formatter_class=_Formatter,
         description="Kubernetes device plugin: advertises /dev nodes matched by rules as "
         "extended resources and hands them to containers.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{serve,list,check-config}")
 
-    serve = sub.add_parser("serve", help="run the device plugin (the default)")
+    serve = sub.add_parser("serve", help="run the device plugin (the default)",
+                           formatter_class=_Formatter)
     _discovery_options(serve)
     serve.add_argument("--host-dev-dir", default=_env("host-dev-dir"),
                        help="where --dev-dir is on the node, if mounted elsewhere "
@@ -96,11 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="how long a vanished device stays advertised as Unhealthy before "
                        "it is withdrawn (default 300s) [SDM_REMOVAL_GRACE]")
 
-    lister = sub.add_parser("list", help="print what this node would advertise, and exit")
+    lister = sub.add_parser("list", help="print what this node would advertise, and exit",
+                            formatter_class=_Formatter)
     _discovery_options(lister)
     lister.add_argument("--output", "-o", choices=["table", "json"], default="table")
 
-    check = sub.add_parser("check-config", help="validate a config file: exit 0 if valid, 2 if not")
+    check = sub.add_parser("check-config", help="validate a config file: exit 0 if valid, 2 if not",
+                           formatter_class=_Formatter)
     check.add_argument("path")
     return parser
 
@@ -199,7 +210,9 @@ def _serve(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from smarter_device_manager import logs
+    from smarter_device_manager import logs, lowmem
+
+    lowmem.install()
     from smarter_device_manager.daemon import Daemon, Settings
 
     logs.setup(args.log_level, args.log_format)

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from grpclib import GRPCError, Status
 from grpclib.server import Server, Stream
 
-from smarter_device_manager.api import deviceplugin_pb2 as pb
-from smarter_device_manager.api.deviceplugin_grpc import DevicePluginBase
+from smarter_device_manager.api import messages as pb
+from smarter_device_manager.api.services import DevicePluginService
 from smarter_device_manager.discovery import KIND_DIRECTORY, Resource, directory_nodes
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class Paths:
     host_dev_dir: str
 
 
-class DevicePlugin(DevicePluginBase):
+class DevicePlugin(DevicePluginService):
     """Serves one resource: ``<prefix>/<resource.name>``."""
 
     def __init__(

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from grpclib import GRPCError
 from grpclib.client import Channel
 
-from smarter_device_manager.api import deviceplugin_pb2 as pb
-from smarter_device_manager.api.deviceplugin_grpc import RegistrationStub
+from smarter_device_manager.api import messages as pb
+from smarter_device_manager.api.services import register_method
 from smarter_device_manager.plugin import OPTIONS
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ class Registrar:
             resource_name=registration.resource_name,
             options=OPTIONS,
         )
-        await asyncio.wait_for(RegistrationStub(self._channel).Register(request), REGISTER_TIMEOUT)
+        await asyncio.wait_for(register_method(self._channel)(request), REGISTER_TIMEOUT)
 
 
 def _jitter() -> float:

@@ -1,0 +1,118 @@
+"""Per-connection memory trims for the pinned grpclib 0.4.9 / h2 4.4 / hpack 4.2.
+
+Why: the kubelet holds one HTTP/2 connection per resource open for ever (its
+ListAndWatch stream). With the libraries as they are, each connection keeps
+about 55 KB of Python objects, so 1,000 devices cost ~50 MiB more than 20.
+Measured (bench/run.py, 1,000 resources): 76 MiB before, about 50 MiB after.
+Nothing here changes behaviour on the wire; the whole end-to-end suite runs
+the daemon with these installed.
+
+* grpclib keeps every finished stream's task (with its stream, buffer, queue
+  and events) until ten more streams arrive on that connection: two dead
+  unary calls per kubelet connection, for ever. We forget a task when it ends.
+* h2 keeps each HTTP/2 setting's value history in a ``collections.deque``
+  (760 B each, a dozen per connection), hpack its header tables likewise, and
+  grpclib makes asyncio Events/Queues (each with deques) per stream. A list
+  with ``popleft``/``appendleft`` does the same job in 56 B; these queues hold
+  zero to two items, so ``list.pop(0)`` costs nothing.
+* h2 drops closed streams from its table only when ``open_inbound_streams`` is
+  read; we read it when grpclib releases a stream.
+
+These touch private internals, which is why the versions are pinned exactly
+(pyproject.toml, constraints.txt) and ``tests/test_lowmem.py`` fails if a
+dependency upgrade makes any patch stop applying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import grpclib.protocol as grpclib_protocol
+import grpclib.server as grpclib_server
+import h2.settings as h2_settings
+import hpack.table as hpack_table
+
+
+class SmallList(list):  # type: ignore[type-arg]
+    """A list that answers deque's ``popleft``/``appendleft`` (56 B, not 760 B)."""
+
+    __slots__ = ()
+
+    def popleft(self) -> Any:
+        return self.pop(0)
+
+    def appendleft(self, item: Any) -> None:
+        self.insert(0, item)
+
+
+class SmallEvent(asyncio.Event):
+    """asyncio.Event with a list of waiters: set() iterates, wait() appends and removes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._waiters = SmallList()  # type: ignore[assignment]
+
+
+class SmallQueue(asyncio.Queue):  # type: ignore[type-arg]
+    def __init__(self, maxsize: int = 0) -> None:
+        super().__init__(maxsize)
+        self._getters = SmallList()
+        self._putters = SmallList()
+        self._queue = SmallList()
+        self._finished = SmallEvent()
+        self._finished.set()
+
+
+class _Settings:
+    """Stands in for the ``collections`` module inside h2.settings (it only uses deque)."""
+
+    deque = SmallList
+
+
+class ForgetfulHandler(grpclib_server.Handler):
+    """grpclib's per-connection handler, forgetting each stream's task once it ends."""
+
+    def accept(self, stream: Any, headers: Any, release_stream: Callable[[], Any]) -> None:
+        super().accept(stream, headers, release_stream)
+        # self._tasks, not a local: grpclib's periodic collection rebinds the dict.
+        self._tasks[stream].add_done_callback(
+            lambda task: self._tasks.get(stream) is task and self._tasks.pop(stream))
+
+    def cancel(self, stream: Any) -> None:
+        task = self._tasks.pop(stream, None)
+        if task is not None:
+            task.cancel()
+            self._cancelled.add(task)
+
+
+_original_register = grpclib_protocol.EventsProcessor.register
+
+
+def _register_and_purge(self: Any, stream: Any) -> Callable[[], None]:
+    release = _original_register(self, stream)
+    h2_connection = self.connection._connection
+
+    def release_stream() -> None:
+        release()
+        _ = h2_connection.open_inbound_streams  # a property that purges closed streams
+
+    return release_stream
+
+
+def _patch(owner: object, name: str, value: object) -> None:
+    if not hasattr(owner, name):  # a dependency changed under us: fail loudly, not silently
+        raise RuntimeError(f"lowmem: {owner!r} has no attribute {name!r}; re-check the pins")
+    setattr(owner, name, value)
+
+
+def install() -> None:
+    """Apply the trims; call once, before any server or channel exists."""
+    _patch(grpclib_server, "Handler", ForgetfulHandler)  # looked up per connection by Server
+    _patch(grpclib_protocol, "Event", SmallEvent)
+    _patch(grpclib_protocol, "Queue", SmallQueue)
+    _patch(grpclib_protocol, "deque", SmallList)
+    _patch(grpclib_protocol.EventsProcessor, "register", _register_and_purge)
+    _patch(h2_settings, "collections", _Settings)
+    _patch(hpack_table, "deque", SmallList)
