@@ -90,6 +90,7 @@ class KubeletStandin:
         self.plugins: dict[str, PluginState] = {}
         self.register_requests: list[pb.RegisterRequest] = []
         self.rejected: list[tuple[str, str]] = []
+        self.messages_received = 0
         self._server: Server | None = None
         self._changed = asyncio.Condition()
 
@@ -168,12 +169,16 @@ class KubeletStandin:
                     if message is None:
                         break
                     state.devices = {d.ID: d.health for d in message.devices}
+                    self.messages_received += 1
                     state.updates.append(Update(time.monotonic(), dict(state.devices)))
                     await self._notify()
         except (GRPCError, OSError, asyncio.CancelledError):
             pass
         finally:
+            # Like the kubelet: a plugin whose stream ended is disconnected; only a new
+            # Register brings it back.
             state.streaming = False
+            state.channel.close()
             state.devices = {k: "Unhealthy" for k in state.devices}
             await self._notify()
 

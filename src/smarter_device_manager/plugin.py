@@ -16,8 +16,10 @@ import contextlib
 import logging
 import os
 import stat
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from grpclib import GRPCError, Status
 from grpclib.server import Server, Stream
@@ -203,6 +205,31 @@ class DevicePlugin(DevicePluginService):
         return specs
 
 
+class _Server(Server):
+    """grpclib's Server, which on close() also closes the connections it accepted.
+
+    grpclib only cancels the running calls; the kubelet's connection would stay
+    open until the kubelet drops it, and a node that withdraws thousands of
+    resources (hotplug bursts) would keep thousands of dead connections.
+    """
+
+    def __init__(self, handlers: list[Any]) -> None:
+        super().__init__(handlers)
+        self._protocols: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def _protocol_factory(self) -> Any:
+        protocol = super()._protocol_factory()
+        self._protocols.add(protocol)
+        return protocol
+
+    def close(self) -> None:
+        super().close()
+        for protocol in list(self._protocols):
+            connection = getattr(protocol, "connection", None)
+            if connection is not None:
+                connection.close()
+
+
 class PluginServer:
     """A gRPC server on a unix socket hosting one plugin."""
 
@@ -215,7 +242,7 @@ class PluginServer:
     async def start(self) -> None:
         _remove_socket(self.socket_path)
         self.plugin.resume()
-        server = Server([self.plugin])
+        server = _Server([self.plugin])
         await server.start(path=self.socket_path)
         self._server = server
         self._inode = os.stat(self.socket_path).st_ino

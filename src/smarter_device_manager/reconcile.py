@@ -64,11 +64,31 @@ class Reconciler:
         metrics.collectors.append(self.samples)
 
     async def apply(self, inventory: Inventory, config: Config, now: float) -> None:
+        # What goes, first: it is quick and frees sockets; then what changed or is new.
+        withdrawals = []
+        for name, running in list(self.running.items()):
+            if name in inventory.resources:
+                continue
+            path = running.plugin.resource.path
+            if config.first_match(path) is None:
+                withdrawals.append(self._withdraw(name, "no rule matches it any more"))
+                continue
+            if running.vanished_since is None and self.removal_grace > 0:
+                running.vanished_since = now
+                running.plugin.update(running.plugin.resource, healthy=False)
+                log.warning("%s: /dev/%s is gone; devices reported Unhealthy, withdrawn in %gs "
+                            "unless it comes back", running.plugin.resource_name, path,
+                            self.removal_grace)
+            if running.vanished_since is None or now - running.vanished_since >= self.removal_grace:
+                withdrawals.append(self._withdraw(name, f"gone for {self.removal_grace:g}s"))
+        # Together, not one after another: each waits briefly for its stream to end.
+        await asyncio.gather(*withdrawals)
         for name, resource in inventory.resources.items():
-            running = self.running.get(name)
-            if running is None:
+            current = self.running.get(name)
+            if current is None:
                 await self._start(name, resource)
                 continue
+            running = current
             came_back = running.vanished_since is not None
             running.vanished_since = None
             old_count = running.plugin.resource.count
@@ -79,24 +99,6 @@ class Reconciler:
                 else:
                     log.info("%s now has %d devices (was %d)",
                              running.plugin.resource_name, resource.count, old_count)
-        withdrawals = []
-        for name, running in list(self.running.items()):
-            if name in inventory.resources:
-                continue
-            path = running.plugin.resource.path
-            if config.first_match(path) is None:
-                withdrawals.append(self._withdraw(name, "no rule matches it any more"))
-                continue
-            if running.vanished_since is None:
-                running.vanished_since = now
-                running.plugin.update(running.plugin.resource, healthy=False)
-                log.warning("%s: /dev/%s is gone; devices reported Unhealthy, withdrawn in %gs "
-                            "unless it comes back", running.plugin.resource_name, path,
-                            self.removal_grace)
-            if now - running.vanished_since >= self.removal_grace:
-                withdrawals.append(self._withdraw(name, f"gone for {self.removal_grace:g}s"))
-        # Together, not one after another: each waits briefly for its stream to end.
-        await asyncio.gather(*withdrawals)
 
     def next_removal(self) -> float | None:
         """When the next vanished resource is due to be withdrawn."""
