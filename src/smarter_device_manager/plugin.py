@@ -27,6 +27,7 @@ from grpclib.server import Server, Stream
 from smarter_device_manager.api import messages as pb
 from smarter_device_manager.api.services import DevicePluginService
 from smarter_device_manager.discovery import KIND_DIRECTORY, Resource, directory_nodes
+from smarter_device_manager.lowmem import SmallEvent
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +59,9 @@ class DevicePlugin(DevicePluginService):
         self.healthy = True
         self._paths = paths
         self._on_allocate = on_allocate
-        self._changed = asyncio.Event()
+        self._changed = SmallEvent()  # replaced on every change; streams wait on it
         self._stopped = False
-        self._idle = asyncio.Event()  # set while no ListAndWatch stream is open
-        self._idle.set()
+        self._idle: asyncio.Future[None] | None = None  # only while stopping
         self.streams = 0
         self.messages_sent = 0
 
@@ -85,7 +85,7 @@ class DevicePlugin(DevicePluginService):
 
     def _wake(self) -> None:
         self._changed.set()
-        self._changed = asyncio.Event()
+        self._changed = SmallEvent()
 
     def device_ids(self) -> list[str]:
         return [str(i) for i in range(self.resource.count)]
@@ -104,7 +104,6 @@ class DevicePlugin(DevicePluginService):
     async def ListAndWatch(self, stream: Stream[pb.Empty, pb.ListAndWatchResponse]) -> None:
         await stream.recv_message()
         self.streams += 1
-        self._idle.clear()
         try:
             while not self._stopped:
                 changed = self._changed
@@ -113,13 +112,17 @@ class DevicePlugin(DevicePluginService):
                 await changed.wait()
         finally:
             self.streams -= 1
-            if not self.streams:
-                self._idle.set()
+            if not self.streams and self._idle is not None and not self._idle.done():
+                self._idle.set_result(None)
 
     async def streams_ended(self, timeout: float) -> None:
         """Wait (briefly) for every stream to send its end, so the kubelet sees a clean close."""
+        if not self.streams:
+            return
+        self._idle = asyncio.get_running_loop().create_future()
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            await asyncio.wait_for(asyncio.shield(self._idle), timeout)
+        self._idle = None
 
     async def GetPreferredAllocation(
         self, stream: Stream[pb.PreferredAllocationRequest, pb.PreferredAllocationResponse]
