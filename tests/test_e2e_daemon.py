@@ -343,3 +343,24 @@ def test_env_variables_configure_serve(node: Node) -> None:
         await kubelet.stop()
 
     run(scenario())
+
+
+def test_host_dev_dir_and_zero_capacity(node: Node) -> None:
+    mkdev(node.dev / "video0", major=81)
+    mkdev(node.dev / "vcs", major=7)
+    node.write_config("- {devicematch: ^video0$, nummaxdevices: 2}\n"
+                      "- {devicematch: ^vcs$, nummaxdevices: 0}\n")
+
+    async def scenario() -> None:
+        kubelet = KubeletStandin(str(node.plugins))
+        await kubelet.start()
+        node.start("--host-dev-dir", "/host/dev")
+        await kubelet.wait_for(lambda: kubelet.healthy(VIDEO) == 2
+                               and kubelet.plugins.get("smarter-devices/vcs") is not None
+                               and kubelet.plugins["smarter-devices/vcs"].streaming)
+        assert kubelet.capacity("smarter-devices/vcs") == 0, "registered with capacity 0"
+        spec = (await kubelet.allocate(VIDEO, ["0"])).container_responses[0].devices[0]
+        assert (spec.container_path, spec.host_path) == ("/dev/video0", "/host/dev/video0")
+        await kubelet.stop()
+
+    run(scenario())
