@@ -15,9 +15,9 @@ import sys
 from typing import Any
 
 from smarter_device_manager import __version__
+from smarter_device_manager.config import DEFAULT_PATH as DEFAULT_CONFIG
 from smarter_device_manager.naming import DEFAULT_PREFIX, prefix_problem
 
-DEFAULT_CONFIG = "/root/config/conf.yaml"
 DEFAULT_PLUGIN_DIR = "/var/lib/kubelet/device-plugins"
 DEFAULT_REMOVAL_GRACE = 300.0
 EXIT_USAGE = 2

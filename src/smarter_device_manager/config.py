@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import yaml
 
+DEFAULT_PATH = "/root/config/conf.yaml"  # the original's location; a ConfigMap mounts there
 EMBEDDED_SOURCE = "<embedded default config>"
 KNOWN_KEYS = ("devicematch", "nummaxdevices")
 # More copies of one device than any node can run containers (the kubelet's

@@ -16,7 +16,7 @@ import signal
 from dataclasses import dataclass
 
 from smarter_device_manager import __version__
-from smarter_device_manager.config import Config, ConfigError, load_config
+from smarter_device_manager.config import DEFAULT_PATH, Config, ConfigError, load_config
 from smarter_device_manager.discovery import Inventory, discover
 from smarter_device_manager.http import HttpServer
 from smarter_device_manager.metrics import Metrics, Sample
@@ -188,10 +188,10 @@ class Daemon:
     def _reload_config(self) -> bool:
         """Read the config again; True if a new valid one was taken."""
         path = self.settings.config_path
-        if path is None:
-            path = _default_path_if_present(self.settings)
-            if path is None:
+        if path is None:  # embedded default in use: a config file created later takes over
+            if not os.path.isfile(DEFAULT_PATH):
                 return False
+            path = DEFAULT_PATH
         try:
             with open(path, encoding="utf-8") as handle:
                 text = handle.read()
@@ -270,9 +270,3 @@ class Daemon:
     def _metrics(self) -> tuple[int, str, str]:
         return 200, "text/plain; version=0.0.4; charset=utf-8", self.metrics.render()
 
-
-def _default_path_if_present(settings: Settings) -> str | None:
-    """With the embedded default in use, a config file created later takes over."""
-    from smarter_device_manager.cli import DEFAULT_CONFIG
-
-    return DEFAULT_CONFIG if os.path.isfile(DEFAULT_CONFIG) else None
