@@ -21,9 +21,7 @@ RUN apt-get update \
 # PyPI has no 32-bit ARM wheels for PyYAML (nor, for some releases, multidict): pip builds
 # those from source there. Keep that a pure-Python build, in seconds, with no gcc/libyaml:
 # PYYAML_FORCE_LIBYAML=0 skips PyYAML's optional C extension, MULTIDICT_NO_EXTENSIONS=1 is
-# multidict's switch for the same. protobuf ships a py3-none-any wheel (its pure-Python
-# implementation) that pip picks where no binary wheel fits. amd64/arm64 get binary wheels
-# and ignore both variables.
+# multidict's switch for the same. amd64/arm64 get binary wheels and ignore both variables.
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYYAML_FORCE_LIBYAML=0 \
     MULTIDICT_NO_EXTENSIONS=1
@@ -32,13 +30,15 @@ RUN python3 -m venv /opt/venv
 
 WORKDIR /build
 
-# Runtime deps first, straight from pyproject.toml's exact pins, so this layer stays cached
-# while only src/ changes.
+# Runtime deps first (grpclib and PyYAML, straight from pyproject.toml's exact pins; their own
+# dependencies pinned by constraints.txt), so this layer stays cached while only src/ changes.
+# No protobuf: the daemon encodes the device-plugin API's messages itself
+# (smarter_device_manager/api/messages.py); protobuf is only the tests' reference.
 COPY pyproject.toml constraints.txt ./
 RUN python3 -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"], sep="\n")' >requirements.txt \
  && /opt/venv/bin/pip install --no-cache-dir --no-compile -c constraints.txt -r requirements.txt
 
-# Then the package itself (the generated protobuf code is committed: no protoc here). pip and
+# Then the package itself (pure Python, nothing generated at build time: no protoc). pip and
 # setuptools leave the venv afterwards: the runtime never installs anything.
 # Bytecode: compiled here, once, for every module in the venv ("unchecked-hash" .pyc files are
 # used as they are, whatever the source file's mtime turns out to be after COPY), so start-up

@@ -153,7 +153,7 @@ def test_multi_stage_builder_is_target_arch(dockerfile: list[Instruction]) -> No
     assert len(all_stages) >= 2, "build the venv in a builder stage, copy it into the runtime"
     for stage in all_stages:
         image, _, flags = from_parts(stage[0])
-        # The builder's venv holds compiled wheels (protobuf, PyYAML, multidict): building it
+        # The builder's venv holds compiled wheels (PyYAML, multidict): building it
         # on $BUILDPLATFORM would ship amd64 code in the arm images.
         assert not any(f.startswith("--platform") for f in flags), (
             f"line {stage[0].line}: FROM {image} must not pin a platform")
