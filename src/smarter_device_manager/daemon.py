@@ -97,7 +97,7 @@ class Daemon:
         self.registrar.kubelet_stopped()
 
     def socket_deleted(self, name: str) -> None:
-        if any(r.endpoint == name for r in self.reconciler.running.values()):
+        if self.reconciler.serves(name):
             self._plugin_dirty = True
             self._poke()
 

@@ -59,6 +59,7 @@ class Reconciler:
         self.metrics = metrics
         self.removal_grace = removal_grace
         self.running: dict[str, Running] = {}
+        self._endpoints: set[str] = set()  # socket file names in use, for O(1) event filtering
         self.start_errors: dict[str, str] = {}
         self._messages_of_withdrawn = 0
         metrics.collectors.append(self.samples)
@@ -99,6 +100,10 @@ class Reconciler:
                 else:
                     log.info("%s now has %d devices (was %d)",
                              running.plugin.resource_name, resource.count, old_count)
+
+    def serves(self, endpoint: str) -> bool:
+        """Is ``endpoint`` (a file name in the plugin dir) one of our running sockets?"""
+        return endpoint in self._endpoints
 
     def next_removal(self) -> float | None:
         """When the next vanished resource is due to be withdrawn."""
@@ -147,12 +152,14 @@ class Reconciler:
             return
         self.start_errors.pop(name, None)
         self.running[name] = Running(server, endpoint)
+        self._endpoints.add(endpoint)
         log.info("serving %s: %d devices for /dev/%s (%s, rule %d) on %s", resource_name,
                  resource.count, resource.path, resource.kind, resource.rule, endpoint)
         self.registrar.request(resource_name, endpoint)
 
     async def _withdraw(self, name: str, why: str, quiet: bool = False) -> None:
         running = self.running.pop(name)
+        self._endpoints.discard(running.endpoint)
         if not quiet:
             log.info("withdrew %s: %s", running.plugin.resource_name, why)
         self.registrar.cancel(running.plugin.resource_name)
