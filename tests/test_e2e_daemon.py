@@ -364,3 +364,19 @@ def test_host_dev_dir_and_zero_capacity(node: Node) -> None:
         await kubelet.stop()
 
     run(scenario())
+
+
+def test_bad_directories_and_commands_fail_clearly(node: Node) -> None:
+    (node.root / "a-file").write_text("x")
+    cases = [
+        (["serve", "--dev-dir", str(node.root / "missing"), "--plugin-dir", str(node.plugins)], 2,
+         "dev dir"),
+        (["serve", "--dev-dir", str(node.dev), "--plugin-dir", str(node.root / "a-file" / "p")], 1,
+         "a-file/p: Not a directory"),
+        (["list", "--dev-dir", str(node.root / "missing")], 2, "is not a directory"),
+        (["bogus"], 2, "invalid choice"),
+    ]
+    for argv, code, message in cases:
+        proc = node.start(args=argv)
+        assert proc.popen.wait(10) == code, (argv, proc.log)
+        assert message in proc.log and "Traceback" not in proc.log, proc.log

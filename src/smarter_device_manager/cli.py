@@ -248,5 +248,6 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(run())
     except OSError as exc:
-        log.error("not starting: %s", exc)
+        where = f"{exc.filename}: " if exc.filename else ""
+        log.error("not starting: %s%s", where, exc.strerror or exc)
         return 1
