@@ -88,7 +88,7 @@ class Daemon:
     def kubelet_started(self) -> None:
         log.info("kubelet.sock was created: the kubelet (re)started; registering everything again")
         self.metrics.inc("kubelet_restarts_total")
-        self.registrar.kubelet_up.set()
+        self.registrar.kubelet_started()
         self._plugin_dirty = self._kubelet_restarted = True
         self._poke()
 

@@ -73,11 +73,13 @@ class Registrar:
         self.registrations.pop(resource_name, None)
 
     def kubelet_started(self) -> None:
-        """``kubelet.sock`` was (re)created: the kubelet forgot us; register everything."""
+        """``kubelet.sock`` was (re)created: a new kubelet process, so a new connection.
+
+        It forgot every plugin, but re-registering is the caller's call: the
+        kubelet deleted our sockets too, and they must be back before it dials.
+        """
         self._drop_channel()
         self.kubelet_up.set()
-        for registration in list(self.registrations.values()):
-            self.request(registration.resource_name, registration.endpoint)
 
     def kubelet_stopped(self) -> None:
         self._drop_channel()
