@@ -310,6 +310,9 @@ def test_invalid_config_is_rejected_and_the_last_good_one_kept(node: Node) -> No
         assert kubelet.plugins[P + "ttyUSB0"] is stream and stream.streaming
         assert kubelet.healthy(P + "ttyUSB0") == 2
         assert P + "fuse" not in kubelet.plugins
+        node.config.write_text("")  # an editor between truncate and write
+        await asyncio.get_running_loop().run_in_executor(None, proc.wait_log, "is empty", 3)
+        assert kubelet.healthy(P + "ttyUSB0") == 2
         # fixing the file applies it
         tmp.write_text(TTY + "- devicematch: ^fuse$\n  nummaxdevices: 2\n")
         os.rename(tmp, node.config)

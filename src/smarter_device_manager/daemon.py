@@ -201,6 +201,12 @@ class Daemon:
             return False
         if text == self._last_config_text:
             return False
+        if not text.strip():
+            # A zero-byte file is what an editor leaves between truncating and writing;
+            # taking it would withdraw every resource. Removing all rules takes '[]'.
+            log.warning("config %s is empty; keeping the current rules (write '[]' to remove "
+                        "every rule on purpose)", path)
+            return False
         self._last_config_text = text
         try:
             config = load_config(path)
