@@ -85,21 +85,24 @@ class Reconciler:
         # Together, not one after another: each waits briefly for its stream to end.
         await asyncio.gather(*withdrawals)
         for name, resource in inventory.resources.items():
-            current = self.running.get(name)
-            if current is None:
+            existing = self.running.get(name)
+            if existing is None:
                 await self._start(name, resource)
-                continue
-            running = current
-            came_back = running.vanished_since is not None
-            running.vanished_since = None
-            old_count = running.plugin.resource.count
-            if running.plugin.update(resource, healthy=True):
-                if came_back:
-                    log.info("%s is back: /dev/%s, devices healthy again",
-                             running.plugin.resource_name, resource.path)
-                else:
-                    log.info("%s now has %d devices (was %d)",
-                             running.plugin.resource_name, resource.count, old_count)
+            else:
+                self._refresh(existing, resource)
+
+    def _refresh(self, running: Running, resource: Resource) -> None:
+        """A resource still there: tell the kubelet only if its advertised list changed."""
+        came_back = running.vanished_since is not None
+        running.vanished_since = None
+        old_count = running.plugin.resource.count
+        if running.plugin.update(resource, healthy=True):
+            if came_back:
+                log.info("%s is back: /dev/%s, devices healthy again",
+                         running.plugin.resource_name, resource.path)
+            else:
+                log.info("%s now has %d devices (was %d)",
+                         running.plugin.resource_name, resource.count, old_count)
 
     def serves(self, endpoint: str) -> bool:
         """Is ``endpoint`` (a file name in the plugin dir) one of our running sockets?"""
@@ -116,20 +119,25 @@ class Reconciler:
         The kubelet deletes every socket in its directory when it starts, so
         this runs before registering: the kubelet dials us right after Register.
         """
-        for name, running in list(self.running.items()):
-            if running.server.socket_present():
-                if kubelet_restarted:
+        lost = {n: r for n, r in self.running.items() if not r.server.socket_present()}
+        if kubelet_restarted:
+            for name, running in self.running.items():
+                if name not in lost:
                     self.registrar.request(running.plugin.resource_name, running.endpoint)
-                continue
-            log.info("socket %s was removed; serving %s again", running.endpoint,
-                     running.plugin.resource_name)
-            await running.server.stop(end_streams=True)
+        # Old servers down together (each may wait briefly for its stream), then up again.
+        await asyncio.gather(*(r.server.stop(end_streams=True) for r in lost.values()))
+        if lost:
+            shown = ", ".join(sorted(r.endpoint for r in lost.values())[:5])
+            log.info("%d of our sockets were removed (%s%s); serving them again", len(lost), shown,
+                     ", ..." if len(lost) > 5 else "")
+        for name, running in lost.items():
             try:
                 await running.server.start()
             except OSError as exc:
                 self.start_errors[name] = f"cannot serve on {running.server.socket_path}: {exc}"
                 log.error("%s: %s", running.plugin.resource_name, self.start_errors[name])
                 continue
+            self.start_errors.pop(name, None)
             self.registrar.request(running.plugin.resource_name, running.endpoint)
 
     def reregister_all(self) -> None:
