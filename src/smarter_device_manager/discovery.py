@@ -24,7 +24,7 @@ KIND_DIRECTORY = "directory"
 KIND_SYMLINK = "symlink"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeviceNode:
     """A node handed to the container: it appears at ``/dev/<path>``; ``source``
     is the real node's path relative to the dev root (differs for symlinks)."""
@@ -33,7 +33,7 @@ class DeviceNode:
     source: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Resource:
     """One advertised resource; ``name`` is the part after ``<prefix>/``."""
 

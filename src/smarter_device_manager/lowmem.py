@@ -17,6 +17,8 @@ the daemon with these installed.
   zero to two items, so ``list.pop(0)`` costs nothing.
 * h2 drops closed streams from its table only when ``open_inbound_streams`` is
   read; we read it when grpclib releases a stream.
+* grpclib's event dispatcher builds a dict of 13 bound methods per connection;
+  ours shares one table of method names.
 
 These touch private internals, which is why the versions are pinned exactly
 (pyproject.toml, constraints.txt) and ``tests/test_lowmem.py`` fails if a
@@ -87,18 +89,41 @@ class ForgetfulHandler(grpclib_server.Handler):
             self._cancelled.add(task)
 
 
-_original_register = grpclib_protocol.EventsProcessor.register
+_DISPATCH: dict[type, str] = {}  # h2 event class -> EventsProcessor method name, shared
 
 
-def _register_and_purge(self: Any, stream: Any) -> Callable[[], None]:
-    release = _original_register(self, stream)
-    h2_connection = self.connection._connection
+class LeanEventsProcessor(grpclib_protocol.EventsProcessor):
+    """grpclib's per-connection event dispatcher without 13 bound methods per connection,
+    purging h2's closed streams as grpclib releases them."""
 
-    def release_stream() -> None:
-        release()
-        _ = h2_connection.open_inbound_streams  # a property that purges closed streams
+    def __init__(self, handler: Any, connection: Any) -> None:
+        super().__init__(handler, connection)
+        if not _DISPATCH:
+            _DISPATCH.update((cls, m.__name__) for cls, m in self.processors.items())
+        del self.processors
+        self._open = True
 
-    return release_stream
+    def process(self, event: Any) -> None:
+        if not self._open:
+            return  # as grpclib: events after close are dropped
+        name = _DISPATCH.get(event.__class__)
+        if name is None:
+            raise NotImplementedError(event)
+        getattr(self, name)(event)
+
+    def close(self, reason: str = "Connection closed") -> None:
+        super().close(reason)
+        self._open = False
+
+    def register(self, stream: Any) -> Callable[[], None]:
+        release = super().register(stream)
+        h2_connection = self.connection._connection
+
+        def release_stream() -> None:
+            release()
+            _ = h2_connection.open_inbound_streams  # a property that purges closed streams
+
+        return release_stream
 
 
 def _patch(owner: object, name: str, value: object) -> None:
@@ -113,6 +138,6 @@ def install() -> None:
     _patch(grpclib_protocol, "Event", SmallEvent)
     _patch(grpclib_protocol, "Queue", SmallQueue)
     _patch(grpclib_protocol, "deque", SmallList)
-    _patch(grpclib_protocol.EventsProcessor, "register", _register_and_purge)
+    _patch(grpclib_protocol, "EventsProcessor", LeanEventsProcessor)
     _patch(h2_settings, "collections", _Settings)
     _patch(hpack_table, "deque", SmallList)

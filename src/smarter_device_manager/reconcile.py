@@ -31,7 +31,7 @@ from smarter_device_manager.registrar import Registrar
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(slots=True)
 class Running:
     server: PluginServer
     endpoint: str

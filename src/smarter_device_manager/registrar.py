@@ -30,7 +30,7 @@ BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 
 
-@dataclass
+@dataclass(slots=True)
 class Registration:
     resource_name: str
     endpoint: str

@@ -21,6 +21,8 @@ _UNARY = Cardinality.UNARY_UNARY
 class DevicePluginService:
     """Base of a plugin: subclasses define the five async handlers."""
 
+    __slots__ = ()
+
     async def GetDevicePluginOptions(self, stream: Any) -> None:
         raise NotImplementedError
 
