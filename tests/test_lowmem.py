@@ -23,6 +23,9 @@ CHECK = textwrap.dedent("""
     assert all(type(v) is lowmem.SmallList for v in h2.settings.Settings()._settings.values())
     assert type(hpack.table.HeaderTable().dynamic_entries) is lowmem.SmallList
     assert grpclib.server.Handler is lowmem.ForgetfulHandler
+    import grpclib.protocol
+    assert grpclib.protocol.H2Connection is lowmem.LeanH2Connection
+    assert grpclib.protocol.EventsProcessor is lowmem.LeanEventsProcessor
 
     async def main():
         with tempfile.TemporaryDirectory() as tmp:
@@ -38,6 +41,9 @@ CHECK = textwrap.dedent("""
             await asyncio.sleep(0.05)
             [handler] = server._server._handlers
             assert not handler._tasks, f"finished streams kept: {len(handler._tasks)}"
+            [protocol] = server._server._protocols
+            dispatch = protocol.connection._connection._frame_dispatch_table
+            assert type(dispatch) is lowmem._FrameDispatch and not protocol.processor.__dict__.get("processors")
             channel.close()
             await server.stop()
     asyncio.run(main())

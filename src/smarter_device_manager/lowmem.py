@@ -17,8 +17,8 @@ the daemon with these installed.
   zero to two items, so ``list.pop(0)`` costs nothing.
 * h2 drops closed streams from its table only when ``open_inbound_streams`` is
   read; we read it when grpclib releases a stream.
-* grpclib's event dispatcher builds a dict of 13 bound methods per connection;
-  ours shares one table of method names.
+* grpclib's event dispatcher builds a dict of 13 bound methods per connection,
+  and h2's frame dispatcher one of 12; ours share one table of method names.
 
 These touch private internals, which is why the versions are pinned exactly
 (pyproject.toml, constraints.txt) and ``tests/test_lowmem.py`` fails if a
@@ -33,6 +33,7 @@ from typing import Any
 
 import grpclib.protocol as grpclib_protocol
 import grpclib.server as grpclib_server
+import h2.connection as h2_connection
 import h2.settings as h2_settings
 import hpack.table as hpack_table
 
@@ -126,6 +127,32 @@ class LeanEventsProcessor(grpclib_protocol.EventsProcessor):
         return release_stream
 
 
+_FRAME_METHODS: dict[type, str] = {}  # h2 frame class -> H2Connection method name, shared
+
+
+class _FrameDispatch:
+    """Looks the handler up by name when a frame arrives, instead of holding 12 bound
+    methods per connection. h2 only ever indexes it; grpclib deletes it on close."""
+
+    __slots__ = ("_connection",)
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+
+    def __getitem__(self, frame_class: type) -> Callable[[Any], Any]:
+        method: Callable[[Any], Any] = getattr(self._connection, _FRAME_METHODS[frame_class])
+        return method
+
+
+class LeanH2Connection(h2_connection.H2Connection):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        table = self._frame_dispatch_table
+        if not _FRAME_METHODS:
+            _FRAME_METHODS.update((cls, m.__name__) for cls, m in table.items())
+        self._frame_dispatch_table = _FrameDispatch(self)  # type: ignore[assignment]
+
+
 def _patch(owner: object, name: str, value: object) -> None:
     if not hasattr(owner, name):  # a dependency changed under us: fail loudly, not silently
         raise RuntimeError(f"lowmem: {owner!r} has no attribute {name!r}; re-check the pins")
@@ -139,5 +166,6 @@ def install() -> None:
     _patch(grpclib_protocol, "Queue", SmallQueue)
     _patch(grpclib_protocol, "deque", SmallList)
     _patch(grpclib_protocol, "EventsProcessor", LeanEventsProcessor)
+    _patch(grpclib_protocol, "H2Connection", LeanH2Connection)
     _patch(h2_settings, "collections", _Settings)
     _patch(hpack_table, "deque", SmallList)

@@ -18,7 +18,7 @@ import os
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from grpclib import GRPCError, Status
 from grpclib.server import Server, Stream
@@ -218,20 +218,23 @@ class _Server(Server):
     resources (hotplug bursts) would keep thousands of dead connections.
     """
 
+    _shared: ClassVar[tuple[Any, Any] | None] = None  # (grpclib config, h2 config)
+
     def __init__(self, handlers: list[Any]) -> None:
         super().__init__(handlers)
-        self._protocols: set[Any] = set()  # a plain set: a WeakSet costs ~0.7 KB per server
+        # The configurations are the same for every server: share one pair rather
+        # than keep two objects per resource.
+        if _Server._shared is None:
+            _Server._shared = (self._config, self._h2_config)
+        self._config, self._h2_config = _Server._shared
+        self._protocols: set[Any] = set()
 
     def _protocol_factory(self) -> Any:
-        protocol: Any = super()._protocol_factory()
+        # Forget connections that are already closed (a plain set, not a WeakSet
+        # or a callback per connection: both cost memory on every resource).
+        self._protocols = {p for p in self._protocols if not _closed(p)}
+        protocol = super()._protocol_factory()
         self._protocols.add(protocol)
-        lost = protocol.connection_lost
-
-        def connection_lost(exc: BaseException | None) -> None:
-            self._protocols.discard(protocol)
-            lost(exc)
-
-        protocol.connection_lost = connection_lost
         return protocol
 
     def close(self) -> None:
@@ -240,6 +243,11 @@ class _Server(Server):
             connection = getattr(protocol, "connection", None)
             if connection is not None:
                 connection.close()
+
+
+def _closed(protocol: Any) -> bool:
+    connection = getattr(protocol, "connection", None)
+    return connection is not None and bool(connection.is_closing())
 
 
 class PluginServer:
