@@ -15,6 +15,7 @@ from urllib.error import HTTPError
 
 import pytest
 from conftest import Node, mkdev, needs_root
+from grpclib import GRPCError
 from kubelet_standin import KubeletStandin
 
 pytestmark = [needs_root, pytest.mark.e2e]
@@ -76,12 +77,15 @@ def test_probes_follow_the_kubelet_and_the_config(node: Node) -> None:
         assert (status, body) == (200, "ready: 1 resources registered\n")
 
         await kubelet.allocate("smarter-devices/ttyUSB0", ["1"])
+        with pytest.raises(GRPCError):
+            await kubelet.allocate("smarter-devices/ttyUSB0", ["9"])
         mkdev(node.dev / "ttyUSB1", major=188, minor=1)
         await kubelet.wait_for(lambda: kubelet.healthy("smarter-devices/ttyUSB1") == 2)
         (node.dev / "ttyUSB1").unlink()
         await kubelet.wait_for(lambda: kubelet.healthy("smarter-devices/ttyUSB1") == 0)
         _, text = await aget(port, "/metrics")
         assert metric(text, "allocations_total", '{resource="smarter-devices/ttyUSB0"}') == 1
+        assert metric(text, "allocation_errors_total", '{resource="smarter-devices/ttyUSB0"}') == 1
         assert metric(text, "resources", '{state="registered"}') == 1
         assert metric(text, "resources", '{state="unhealthy"}') == 1
         assert metric(text, "devices", '{health="Healthy"}') == 2

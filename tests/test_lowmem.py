@@ -43,7 +43,8 @@ CHECK = textwrap.dedent("""
             assert not handler._tasks, f"finished streams kept: {len(handler._tasks)}"
             [protocol] = server._server._protocols
             dispatch = protocol.connection._connection._frame_dispatch_table
-            assert type(dispatch) is lowmem._FrameDispatch and not protocol.processor.__dict__.get("processors")
+            assert type(dispatch) is lowmem._FrameDispatch
+            assert "processors" not in vars(protocol.processor)
             channel.close()
             await server.stop()
     asyncio.run(main())

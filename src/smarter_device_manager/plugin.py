@@ -35,6 +35,10 @@ UNHEALTHY = "Unhealthy"
 OPTIONS = pb.DevicePluginOptions(pre_start_required=False, get_preferred_allocation_available=True)
 
 
+# (resource name, device IDs, container paths handed over, error or None)
+AllocateHook = Callable[[str, list[str], list[str], "str | None"], None]
+
+
 @dataclass(frozen=True)
 class Paths:
     """Where device nodes are, seen by the daemon and by the node's runtime."""
@@ -54,7 +58,7 @@ class DevicePlugin(DevicePluginService):
         resource_name: str,
         resource: Resource,
         paths: Paths,
-        on_allocate: Callable[[str, list[str]], None] | None = None,
+        on_allocate: AllocateHook | None = None,
     ) -> None:
         self.resource_name = resource_name
         self.resource = resource
@@ -130,7 +134,8 @@ class DevicePlugin(DevicePluginService):
         self, stream: Stream[pb.PreferredAllocationRequest, pb.PreferredAllocationResponse]
     ) -> None:
         request = await stream.recv_message()
-        assert request is not None
+        if request is None:
+            raise GRPCError(Status.INVALID_ARGUMENT, "no request message")
         responses = []
         for container in request.container_requests:
             chosen = list(dict.fromkeys(container.must_include_deviceIDs))
@@ -144,21 +149,31 @@ class DevicePlugin(DevicePluginService):
 
     async def Allocate(self, stream: Stream[pb.AllocateRequest, pb.AllocateResponse]) -> None:
         request = await stream.recv_message()
-        assert request is not None
+        if request is None:
+            raise GRPCError(Status.INVALID_ARGUMENT, "no request message")
         known = set(self.device_ids())
         responses = []
         for container in request.container_requests:
-            unknown = [i for i in container.devices_ids if i not in known]
-            if unknown:
-                raise GRPCError(
-                    Status.INVALID_ARGUMENT,
-                    f"{self.resource_name}: unknown device IDs {unknown}; "
-                    f"this plugin has IDs 0 to {len(known) - 1}",
-                )
-            responses.append(pb.ContainerAllocateResponse(devices=self._device_specs()))
-            if self._on_allocate is not None:
-                self._on_allocate(self.resource_name, list(container.devices_ids))
+            ids = list(container.devices_ids)
+            try:
+                unknown = [i for i in ids if i not in known]
+                if unknown:
+                    raise GRPCError(
+                        Status.INVALID_ARGUMENT,
+                        f"{self.resource_name}: unknown device IDs {unknown}; "
+                        f"this plugin has IDs 0 to {len(known) - 1}",
+                    )
+                specs = self._device_specs()
+            except GRPCError as exc:
+                self._report(ids, [], str(exc.message))
+                raise
+            responses.append(pb.ContainerAllocateResponse(devices=specs))
+            self._report(ids, [s.container_path for s in specs], None)
         await stream.send_message(pb.AllocateResponse(container_responses=responses))
+
+    def _report(self, ids: list[str], paths: list[str], error: str | None) -> None:
+        if self._on_allocate is not None:
+            self._on_allocate(self.resource_name, ids, paths, error)
 
     async def PreStartContainer(
         self, stream: Stream[pb.PreStartContainerRequest, pb.PreStartContainerResponse]

@@ -174,11 +174,13 @@ class Reconciler:
         await running.server.stop(end_streams=True)
         self._messages_of_withdrawn += running.plugin.messages_sent
 
-    def _allocated(self, resource_name: str, device_ids: list[str]) -> None:
+    def _allocated(self, resource_name: str, device_ids: list[str], paths: list[str],
+                   error: str | None) -> None:
+        if error is not None:
+            self.metrics.inc("allocation_errors_total", resource=resource_name)
+            log.warning("refused Allocate of %s IDs %s: %s", resource_name, device_ids, error)
+            return
         self.metrics.inc("allocations_total", resource=resource_name)
-        name = resource_name.split("/", 1)[1]
-        running = self.running.get(name)
-        paths = [f"/dev/{n.path}" for n in running.plugin.resource.nodes] if running else []
         log.info("allocated %s IDs %s: %s", resource_name, device_ids, " ".join(paths))
 
     def samples(self) -> list[Sample]:
