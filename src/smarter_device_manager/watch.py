@@ -93,7 +93,11 @@ class Watcher:
         try:
             wd = self._inotify.add_watch(os.path.join(self._dev_root, rel), DEV_MASK)
         except OSError as exc:
-            if rel == "" or exc.errno not in (2, 20):  # vanished again: nothing to watch
+            if exc.errno == 28:  # ENOSPC: the per-user watch limit
+                log.error("cannot watch /dev/%s: the inotify watch limit is reached; devices there "
+                          "are seen only on rescans (SIGHUP, other events) until "
+                          "fs.inotify.max_user_watches is raised", rel)
+            elif rel == "" or exc.errno not in (2, 20):  # vanished again: nothing to watch
                 log.warning("cannot watch /dev/%s: %s", rel, exc.strerror)
             return False
         self._dev_watches[wd] = rel
