@@ -46,6 +46,7 @@ class Watcher:
         self._inotify = ino.Inotify()
         self._dev_watches: dict[int, str] = {}  # wd -> path relative to the dev root
         self._dev_wds: dict[str, int] = {}
+        self._limit_reached = False
         self._plugin_wd = self._inotify.add_watch(plugin_dir, PLUGIN_MASK)
         self._config_wd = -1
         if config_dir is not None:
@@ -93,7 +94,10 @@ class Watcher:
         try:
             wd = self._inotify.add_watch(os.path.join(self._dev_root, rel), DEV_MASK)
         except OSError as exc:
-            if exc.errno == 28:  # ENOSPC: the per-user watch limit
+            if exc.errno == 28:  # ENOSPC: the per-user watch limit; said once, not per rescan
+                if self._limit_reached:
+                    return False
+                self._limit_reached = True
                 log.error("cannot watch /dev/%s: the inotify watch limit is reached; devices there "
                           "are seen only on rescans (SIGHUP, other events) until "
                           "fs.inotify.max_user_watches is raised", rel)
