@@ -150,15 +150,14 @@ def _parse_rule(node: yaml.Node, index: int, out: _Collector) -> Rule | None:
     else:
         regex, pattern = _parse_pattern(pattern_node, index, out)
 
-    count = 0
     count_node = fields.get("nummaxdevices")
+    count: int | None = 0
     if count_node is None:
         out.warn(line, index, "no 'nummaxdevices': the device is advertised with capacity 0 "
                  "(as the original did); add e.g. 'nummaxdevices: 1'")
     else:
-        parsed = _parse_count(count_node, index, out)
-        count = parsed if parsed is not None else 0
-    if regex is None or (count_node is not None and parsed is None):
+        count = _parse_count(count_node, index, out)
+    if regex is None or count is None:
         return None
     return Rule(index=index, line=line, pattern=pattern, regex=regex, count=count)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from smarter_device_manager import __version__
 from smarter_device_manager.config import DEFAULT_PATH, Config, ConfigError, load_config
-from smarter_device_manager.discovery import Inventory, discover
+from smarter_device_manager.discovery import discover
 from smarter_device_manager.http import HttpServer
 from smarter_device_manager.metrics import Metrics, Sample
 from smarter_device_manager.plugin import Paths
@@ -57,7 +57,6 @@ class Daemon:
             settings.prefix, Paths(settings.dev_dir, settings.host_dev_dir), settings.plugin_dir,
             self.registrar, self.metrics, settings.removal_grace,
         )
-        self.inventory = Inventory()
         self.http: HttpServer | None = None
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
@@ -226,15 +225,15 @@ class Daemon:
     async def _rescan(self, reason: str) -> None:
         s = self.settings
         self.metrics.inc("rescans_total", reason=reason)
-        self.inventory = discover(s.dev_dir, self.config, s.prefix)
+        inventory = discover(s.dev_dir, self.config, s.prefix)
         if self._watcher is not None:
-            self._watcher.sync_dev_dirs(self.inventory.directories)
-        problems = frozenset(self.inventory.problems)
+            self._watcher.sync_dev_dirs(inventory.directories)
+        problems = frozenset(inventory.problems)
         for problem in sorted(problems - self._problems):
             log.warning("%s", problem)
         self._problems = problems
         loop = asyncio.get_running_loop()
-        await self.reconciler.apply(self.inventory, self.config, loop.time())
+        await self.reconciler.apply(inventory, self.config, loop.time())
         self._schedule_removal()
 
     def _schedule_removal(self) -> None:

@@ -42,9 +42,6 @@ class Metrics:
         key = (name, tuple(sorted(labels.items())))
         self._counters[key] = self._counters.get(key, 0.0) + value
 
-    def get(self, name: str, **labels: str) -> float:
-        return self._counters.get((name, tuple(sorted(labels.items()))), 0.0)
-
     def render(self) -> str:
         samples: dict[str, list[tuple[Labels, float]]] = {}
         for (name, labels), value in self._counters.items():

@@ -54,13 +54,8 @@ class Watcher:
                 self._config_wd = self._inotify.add_watch(config_dir, CONFIG_MASK)
             except OSError as exc:
                 log.warning("not watching %s for config changes: %s", config_dir, exc.strerror)
-        self.events_seen = 0
         self._add_dev_tree("")
         asyncio.get_running_loop().add_reader(self._inotify.fileno(), self._on_readable)
-
-    @property
-    def dev_watch_count(self) -> int:
-        return len(self._dev_watches)
 
     def close(self) -> None:
         if self._inotify.fd >= 0:
@@ -120,7 +115,6 @@ class Watcher:
             log.error("reading inotify events failed: %s; resyncing", exc)
             self._sink.overflow()
             return
-        self.events_seen += len(events)
         for event in events:
             self._dispatch(event)
 
