@@ -42,10 +42,11 @@ def test_flow_style_and_unanchored_patterns() -> None:
 def test_unknown_key_suggests_the_closest() -> None:
     assert errors("- devicematc: ^video0$\n  nummaxdevices: 1\n") == [
         "conf.yaml:1: rule 1: unknown key 'devicematc'; did you mean 'devicematch'?",
-        "conf.yaml:1: rule 1: missing 'devicematch' (a regular expression such as ^ttyUSB[0-9]*$)",
+        "conf.yaml:1: rule 1: missing 'devicematch' (a regular expression such as ^ttyUSB[0-9]*$), "
+        "or 'subsystem'/'attributes' to select devices by what they are",
     ]
     [problem] = errors("- devicematch: a\n  numMaxDevices: 1\n  colour: red\n")[1:2] or [""]
-    assert "unknown key 'colour'; valid keys are devicematch, nummaxdevices" in problem
+    assert "unknown key 'colour'; valid keys are devicematch, nummaxdevices, name, subsystem" in problem
 
 
 def test_typo_of_count_key_is_caught_with_its_line() -> None:

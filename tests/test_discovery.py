@@ -75,7 +75,7 @@ def test_char_and_block_nodes_in_subdirectories(tmp_path: Path) -> None:
     assert sorted(found.resources) == ["a_b_c_d_e_f_deep0", "bus_usb_001_002", "net_tun", "sda",
                                        "video0"]
     tun = found.resources["net_tun"]
-    assert (tun.kind, tun.path, tun.count, tun.rule) == (KIND_DEVICE, "net/tun", 1, 3)
+    assert (tun.kind, tun.path, tun.count, tun.rule.index) == (KIND_DEVICE, "net/tun", 1, 3)
     assert [(n.path, n.source) for n in tun.nodes] == [("net/tun", "net/tun")]
     assert found.problems == ()
 

@@ -72,6 +72,13 @@ def _discovery_options(parser: argparse.ArgumentParser) -> None:
                         default=_env("resource-prefix", DEFAULT_PREFIX),
                         help=f"resource name domain (default {DEFAULT_PREFIX}) "
                         "[SDM_RESOURCE_PREFIX]")
+    parser.add_argument("--sys-dir", default=_env("sys-dir", "/sys"),
+                        help="the sysfs root that attribute rules, pools and nvidia-gpu read "
+                        "(default /sys) [SDM_SYS_DIR]")
+    parser.add_argument("--pass-device-specs", action="store_true",
+                        default=_env("pass-device-specs", "false").lower() in ("1", "true", "yes"),
+                        help="nvidia-gpu: also hand over /dev/nvidiactl, nvidia-uvm, nvidia-uvm-tools and "
+                        "nvidia-modeset, as the original's -pass-device-specs did [SDM_PASS_DEVICE_SPECS]")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                             formatter_class=_Formatter)
     _discovery_options(lister)
     lister.add_argument("--output", "-o", choices=["table", "json"], default="table")
+    lister.add_argument("--all", action="store_true",
+                        help="also show every device node no rule selects, with its sysfs attributes, "
+                        "to write a rule from")
 
     check = sub.add_parser("check-config", help="validate a config file: exit 0 if valid, 2 if not",
                            formatter_class=_Formatter)
@@ -173,6 +183,7 @@ def _load_or_exit(explicit: str | None) -> Any:
 
 def _list(args: argparse.Namespace) -> int:
     from smarter_device_manager.discovery import discover
+    from smarter_device_manager.listing import describe_inventory, render_table
 
     config = _load_or_exit(args.config)
     if config is None:
@@ -180,24 +191,18 @@ def _list(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.dev_dir):
         print(f"error: dev dir {args.dev_dir} is not a directory", file=sys.stderr)
         return EXIT_USAGE
-    inventory = discover(args.dev_dir, config, args.resource_prefix)
+    inventory = discover(args.dev_dir, config, args.resource_prefix, args.sys_dir,
+                         args.pass_device_specs)
     for problem in inventory.problems:
         print(f"warning: {problem}", file=sys.stderr)
-    rows: list[dict[str, Any]] = [
-        {"resource": f"{args.resource_prefix}/{r.name}", "count": r.count,
-         "paths": sorted(f"/dev/{n.path}" for n in r.nodes)}
-        for r in inventory.resources.values()
-    ]
+    rows = describe_inventory(inventory, args.resource_prefix, args.dev_dir, args.sys_dir, args.all)
     if args.output == "json":
         import json
 
         print(json.dumps(rows, indent=2))
         return 0
-    width = max([len("RESOURCE")] + [len(str(r["resource"])) for r in rows])
-    print(f"{'RESOURCE':<{width}}  COUNT  PATHS")
-    for row in rows:
-        print(f"{row['resource']:<{width}}  {row['count']:>5}  {' '.join(row['paths'])}")
-    if not rows:
+    print(render_table(rows), end="")
+    if not inventory.resources:
         print(f"(no device under {args.dev_dir} matches the {len(config.rules)} rules of "
               f"{config.source})", file=sys.stderr)
     return 0
@@ -238,6 +243,8 @@ def _serve(args: argparse.Namespace) -> int:
         plugin_dir=args.plugin_dir,
         prefix=args.resource_prefix,
         removal_grace=args.removal_grace,
+        sys_dir=args.sys_dir,
+        pass_device_specs=args.pass_device_specs,
         http_host=http[0] if http else None,
         http_port=http[1] if http else 0,
     )

@@ -40,6 +40,8 @@ class Settings:
     plugin_dir: str
     prefix: str
     removal_grace: float
+    sys_dir: str = "/sys"
+    pass_device_specs: bool = False
     http_host: str | None = None
     http_port: int = 0
 
@@ -225,7 +227,7 @@ class Daemon:
     async def _rescan(self, reason: str) -> None:
         s = self.settings
         self.metrics.inc("rescans_total", reason=reason)
-        inventory = discover(s.dev_dir, self.config, s.prefix)
+        inventory = discover(s.dev_dir, self.config, s.prefix, s.sys_dir, s.pass_device_specs)
         if self._watcher is not None:
             self._watcher.sync_dev_dirs(inventory.directories)
         problems = frozenset(inventory.problems)

@@ -1,13 +1,22 @@
-"""Discovery: dev root + rules -> the resources this node should advertise.
+"""Discovery: dev root + sysfs + rules -> the resources this node should advertise.
 
-One walk of the dev root, no I/O besides ``scandir``/``stat``, no state: the
-same function serves ``list`` and every rescan of ``serve``, so what ``list``
-prints is what the daemon advertises. Symlinked directories are never followed
-(no loops, no duplicates) and there is no depth limit.
+One walk of the dev root, no I/O besides ``scandir``/``stat`` and sysfs reads,
+no state: the same function serves ``list`` and every rescan of ``serve``, so
+what ``list`` prints is what the daemon advertises. Symlinked directories are
+never followed (no loops, no duplicates) and there is no depth limit.
 
 Security lives here: only character and block device nodes inside the dev
 root ever become something a container can be given. Everything else that a
 rule matches is reported as a problem with the reason, and skipped.
+
+Rules of the original's kind name a resource after the node's path. Rules that
+select devices by what they are (``subsystem``/``attributes``), name them
+(``name``), gather them (``pool``) or use the ``nvidia-gpu`` keyword read sysfs
+through a fresh :class:`~smarter_device_manager.sysfs.Sysfs` per walk, so every
+rescan sees current attributes; a config of plain rules reads no sysfs at all.
+A pool is one resource whose members are the matching devices, each with a
+stable identity (its serial, or its USB port) that becomes its device IDs, so
+the kubelet's checkpoint stays true when the kernel renames the node.
 """
 
 from __future__ import annotations
@@ -15,34 +24,68 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from smarter_device_manager.config import Config, Rule
 from smarter_device_manager.naming import name_problem, sanitize
 
+if TYPE_CHECKING:
+    from smarter_device_manager.sysfs import Level, Sysfs
+
 KIND_DEVICE = "device"
 KIND_DIRECTORY = "directory"
 KIND_SYMLINK = "symlink"
+KIND_POOL = "pool"
+KIND_NVIDIA = "nvidia-gpu"
+# The original's -pass-device-specs: the nodes the NVIDIA runtime would otherwise add.
+NVIDIA_NODES = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset")
 
 
 @dataclass(frozen=True, slots=True)
 class DeviceNode:
-    """A node handed to the container: it appears at ``/dev/<path>``; ``source``
-    is the real node's path relative to the dev root (differs for symlinks)."""
+    """A node handed to the container: it appears at ``/dev/<path>`` (unless the
+    rule gives a container path); ``source`` is the real node's path relative to
+    the dev root (differs for symlinks)."""
 
     path: str
     source: str
 
 
 @dataclass(frozen=True, slots=True)
+class Member:
+    """One device of a pool: ``identity`` is its stable ID stem (serial or port)."""
+
+    identity: str
+    path: str
+    nodes: tuple[DeviceNode, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Resource:
-    """One advertised resource; ``name`` is the part after ``<prefix>/``."""
+    """One advertised resource; ``name`` is the part after ``<prefix>/``.
+
+    ``path`` is what the resource stands for: the node's path relative to the
+    dev root, a pool's name, or a GPU's entry under ``<sys>/devices``.
+    ``members`` is set for pools only; ``gpu`` for the nvidia-gpu keyword.
+    """
 
     name: str
     path: str
     kind: str
     count: int
-    rule: int
+    rule: Rule
     nodes: tuple[DeviceNode, ...]
+    members: tuple[Member, ...] = ()
+    gpu: str = ""
+
+    @property
+    def where(self) -> str:
+        """How logs name what the resource stands for."""
+        if self.kind == KIND_POOL:
+            return f"pool {self.path} ({len(self.members)} devices)"
+        if self.kind == KIND_NVIDIA:
+            return f"GPU {self.path}"
+        return f"/dev/{self.path}"
 
 
 @dataclass(frozen=True)
@@ -52,6 +95,18 @@ class Inventory:
     resources: dict[str, Resource] = field(default_factory=dict)
     problems: tuple[str, ...] = ()
     directories: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    """A device a rule selected, before names are checked and pools gathered."""
+
+    name: str
+    rel: str
+    kind: str
+    rule: Rule
+    nodes: tuple[DeviceNode, ...]
+    identity: str = ""
 
 
 def _is_device(mode: int) -> bool:
@@ -71,12 +126,17 @@ def _describe(mode: int) -> str:
 
 
 class _Walk:
-    def __init__(self, dev_dir: str, config: Config) -> None:
+    def __init__(self, dev_dir: str, config: Config, sys_dir: str | None = None) -> None:
         self.root = os.path.realpath(dev_dir)
         self.config = config
         self.problems: list[str] = []
         self.directories: list[str] = []
-        self.found: list[Resource] = []
+        self.found: list[_Found] = []
+        self.sysfs: Sysfs | None = None
+        if sys_dir is not None and config.needs_sysfs:
+            from smarter_device_manager.sysfs import Sysfs
+
+            self.sysfs = Sysfs(sys_dir)
 
     def run(self) -> None:
         pending = [""]
@@ -97,47 +157,9 @@ class _Walk:
                     is_dir = False
                 if is_dir:
                     pending.append(rel)
-                rule = self._match(rel)
-                if rule is not None:
-                    self._classify(entry, rel, rule)
+                _Entry(self, entry, rel).select()
 
-    def _match(self, rel: str) -> Rule | None:
-        matching = [rule for rule in self.config.rules if rule.matches(rel)]
-        if len(matching) > 1:
-            first, *others = matching
-            self.problems.append(
-                f"/dev/{rel} matches rule {first.index} ({first.pattern}) and also "
-                + ", ".join(f"rule {r.index} ({r.pattern})" for r in others)
-                + f"; rule {first.index} wins"
-            )
-        return matching[0] if matching else None
-
-    def _classify(self, entry: os.DirEntry[str], rel: str, rule: Rule) -> None:
-        try:
-            mode = entry.stat(follow_symlinks=False).st_mode
-        except FileNotFoundError:
-            return  # removed while we walked: the event it raised brings another scan
-        except OSError as exc:
-            self.problems.append(f"skipped /dev/{rel}: cannot stat: {exc.strerror}")
-            return
-        if _is_device(mode):
-            self._add(rel, KIND_DEVICE, rule, (DeviceNode(rel, rel),))
-        elif stat.S_ISDIR(mode):
-            nodes = self._nodes_under(rel)
-            if nodes:
-                self._add(rel, KIND_DIRECTORY, rule, nodes)
-            else:
-                self.problems.append(f"skipped /dev/{rel}: directory holds no device nodes")
-        elif stat.S_ISLNK(mode):
-            target = self._symlink_target(rel)
-            if target is not None:
-                self._add(rel, KIND_SYMLINK, rule, (DeviceNode(rel, target),))
-        else:
-            self.problems.append(
-                f"skipped /dev/{rel}: {_describe(mode)}; only character and block devices are exported"
-            )
-
-    def _nodes_under(self, rel_dir: str) -> tuple[DeviceNode, ...]:
+    def nodes_under(self, rel_dir: str) -> tuple[DeviceNode, ...]:
         """Device nodes anywhere below a matched directory (symlinks not followed)."""
         nodes: list[DeviceNode] = []
         pending = [rel_dir]
@@ -152,7 +174,9 @@ class _Walk:
                 rel = f"{current}/{entry.name}"
                 try:
                     mode = entry.stat(follow_symlinks=False).st_mode
-                except OSError:
+                except OSError as exc:
+                    if exc.errno != 2:  # vanished while listed: nothing to report
+                        self.problems.append(f"skipped /dev/{rel}: cannot stat: {exc.strerror}")
                     continue
                 if stat.S_ISDIR(mode):
                     pending.append(rel)
@@ -160,11 +184,11 @@ class _Walk:
                     nodes.append(DeviceNode(rel, rel))
         return tuple(sorted(nodes, key=lambda n: n.path))
 
-    def _symlink_target(self, rel: str) -> str | None:
+    def symlink_target(self, rel: str) -> tuple[str, os.stat_result] | None:
         """The symlink's device node relative to the root, if it is one inside it."""
         link = os.path.join(self.root, rel)
         try:
-            mode = os.stat(link).st_mode
+            st = os.stat(link)
         except OSError as exc:
             reason = "a symlink loop" if exc.errno == 40 else f"a broken symlink ({exc.strerror})"
             self.problems.append(f"skipped /dev/{rel}: {reason}")
@@ -173,48 +197,248 @@ class _Walk:
         if os.path.commonpath([real, self.root]) != self.root:
             self.problems.append(f"skipped /dev/{rel}: symlink leaves the dev directory (-> {real})")
             return None
-        if not _is_device(mode):
+        if not _is_device(st.st_mode):
             self.problems.append(
-                f"skipped /dev/{rel}: symlink to {_describe(mode)}; only device nodes are exported"
+                f"skipped /dev/{rel}: symlink to {_describe(st.st_mode)}; only device nodes are exported"
             )
             return None
-        return os.path.relpath(real, self.root)
+        return os.path.relpath(real, self.root), st
 
-    def _add(self, rel: str, kind: str, rule: Rule, nodes: tuple[DeviceNode, ...]) -> None:
-        self.found.append(Resource(sanitize(rel), rel, kind, rule.count, rule.index, nodes))
+    def gpus(self, rule: Rule, pass_device_specs: bool) -> None:
+        """The original's ``nvidia-gpu`` keyword: one resource per ``<sys>/devices/gpu.N``."""
+        if self.sysfs is None:
+            return
+        nodes: tuple[DeviceNode, ...] = ()
+        if pass_device_specs:
+            nodes = tuple(DeviceNode(n, n) for n in NVIDIA_NODES
+                          if _is_device(_lstat_mode(os.path.join(self.root, n))))
+        for entry in self.sysfs.gpus():
+            number = entry.partition(".")[2]
+            self.found.append(_Found(f"nvidia-gpu{number}", entry, KIND_NVIDIA, rule, nodes,
+                                     identity=number))
 
 
-def directory_nodes(dev_dir: str, rel_dir: str) -> tuple[DeviceNode, ...]:
-    """The device nodes below ``rel_dir`` right now (for Allocate of a directory)."""
-    return _Walk(dev_dir, Config("", ()))._nodes_under(rel_dir)
+def _lstat_mode(path: str) -> int:
+    try:
+        return os.lstat(path).st_mode
+    except OSError:
+        return 0
 
 
-def discover(dev_dir: str, config: Config, prefix: str) -> Inventory:
-    """Walk ``dev_dir`` and return the resources the rules select.
+class _Entry:
+    """One entry of the dev tree on its way through the rules (stat and sysfs read once)."""
 
-    Names the kubelet would reject, and paths that collide on one name, are
-    problems for those devices only; every other resource is still returned.
+    __slots__ = ("_chain", "_mode", "_stat", "entry", "rel", "target", "walk")
+
+    def __init__(self, walk: _Walk, entry: os.DirEntry[str], rel: str) -> None:
+        self.walk = walk
+        self.entry = entry
+        self.rel = rel
+        self._mode: int | None = None
+        self._stat: os.stat_result | None = None
+        self.target: str | None = None  # a symlink's device node, relative to the dev root
+        self._chain: tuple[Level, ...] | bool | None = False  # False: not read yet
+
+    def mode(self) -> int | None:
+        """lstat mode; None if it vanished or cannot be read (reported once)."""
+        if self._mode is None:
+            try:
+                self._stat = self.entry.stat(follow_symlinks=False)
+                self._mode = self._stat.st_mode
+            except FileNotFoundError:
+                self._mode = 0  # removed while we walked: the event it raised brings another scan
+            except OSError as exc:
+                self.walk.problems.append(f"skipped /dev/{self.rel}: cannot stat: {exc.strerror}")
+                self._mode = 0
+        return self._mode or None
+
+    def chain(self) -> tuple[Level, ...] | None:
+        """The device's sysfs chain (device first), or None if it has none we can read."""
+        if self._chain is not False:
+            return self._chain  # type: ignore[return-value]
+        self._chain = None
+        sysfs = self.walk.sysfs
+        mode = self.mode()
+        if sysfs is None or mode is None:
+            return None
+        st = self._stat
+        if stat.S_ISLNK(mode):  # a path rule naming a symlink: what it points to
+            found = self.walk.symlink_target(self.rel)
+            if found is None:
+                return None
+            self.target, st = found
+        elif not _is_device(mode):
+            return None
+        assert st is not None
+        from smarter_device_manager.sysfs import SysfsError
+
+        try:
+            path = sysfs.device_dir(stat.S_ISBLK(st.st_mode), os.major(st.st_rdev), os.minor(st.st_rdev))
+            self._chain = sysfs.chain(path)
+        except SysfsError as exc:
+            self.walk.problems.append(f"/dev/{self.rel}: {exc}")
+        return self._chain
+
+    def select(self) -> None:
+        """Find the first rule that selects this entry, and record what it makes of it."""
+        matching: list[Rule] = []
+        for rule in self.walk.config.rules:
+            if not rule.matches(self.rel):
+                continue
+            if rule.regex is None:  # selected by what it is: device nodes only, not their symlinks
+                mode = self.mode()
+                if mode is None or not _is_device(mode):
+                    continue
+            if rule.subsystem is not None or rule.attributes:
+                chain = self.chain()
+                sysfs = self.walk.sysfs
+                if chain is None or sysfs is None or not sysfs.matches(chain, rule.subsystem,
+                                                                          rule.attributes):
+                    continue
+            matching.append(rule)
+        if not matching:
+            return
+        if len(matching) > 1:
+            first, *others = matching
+            self.walk.problems.append(
+                f"/dev/{self.rel} matches rule {first.index} ({_show(first)}) and also "
+                + ", ".join(f"rule {r.index} ({_show(r)})" for r in others)
+                + f"; rule {first.index} wins"
+            )
+        self._classify(matching[0])
+
+    def _classify(self, rule: Rule) -> None:
+        walk, rel = self.walk, self.rel
+        mode = self.mode()
+        if mode is None:
+            return
+        if _is_device(mode):
+            self._add(rule, KIND_DEVICE, (DeviceNode(rel, rel),))
+        elif stat.S_ISDIR(mode):
+            if rule.needs_sysfs:
+                walk.problems.append(f"skipped /dev/{rel}: a directory has no sysfs device; rule "
+                                     f"{rule.index} selects device nodes")
+                return
+            nodes = walk.nodes_under(rel)
+            if nodes:
+                self._add(rule, KIND_DIRECTORY, nodes)
+            else:
+                walk.problems.append(f"skipped /dev/{rel}: directory holds no device nodes")
+        elif stat.S_ISLNK(mode):
+            if self.target is None:
+                found = walk.symlink_target(rel)
+                if found is None:
+                    return
+                self.target = found[0]
+            self._add(rule, KIND_SYMLINK, (DeviceNode(rel, self.target),))
+        else:
+            walk.problems.append(
+                f"skipped /dev/{rel}: {_describe(mode)}; only character and block devices are exported"
+            )
+
+    def _add(self, rule: Rule, kind: str, nodes: tuple[DeviceNode, ...]) -> None:
+        walk, rel = self.walk, self.rel
+        if rule.plain:
+            walk.found.append(_Found(sanitize(rel), rel, kind, rule, nodes))
+            return
+        chain = self.chain() if walk.sysfs is not None else None
+        name = rule.name or sanitize(rel)
+        if rule.fields:
+            values = {}
+            for key in rule.fields:
+                value = walk.sysfs.lookup(chain, key) if chain is not None and walk.sysfs else None
+                if value is None:
+                    walk.problems.append(
+                        f"not exported: /dev/{rel} (rule {rule.index}): name '{rule.name}' needs "
+                        f"attribute '{key}', which the device and its parents lack"
+                        + ("" if chain is not None else " (no sysfs entry for it)"))
+                    return
+                values[key] = sanitize(value)
+            name = _render(name, values)
+        identity = sanitize(rel)
+        if rule.pool and chain is not None and walk.sysfs is not None:
+            identity = walk.sysfs.identity(chain, rel)
+        walk.found.append(_Found(name, rel, kind, rule, nodes, identity))
+
+
+def _render(template: str, values: dict[str, str]) -> str:
+    for key, value in values.items():
+        template = template.replace("{" + key + "}", value)
+    return template
+
+
+def _show(rule: Rule) -> str:
+    """A rule as logs name it: its pattern, or what it selects by."""
+    if rule.pattern:
+        return rule.pattern
+    parts = ([f"subsystem={rule.subsystem}"] if rule.subsystem else []) + \
+        [f"{k}={v}" for k, v in rule.attributes]
+    return " ".join(parts)
+
+
+def directory_nodes(dev_dir: str, rel_dir: str) -> tuple[tuple[DeviceNode, ...], tuple[str, ...]]:
+    """The device nodes below ``rel_dir`` right now (for Allocate of a directory),
+    and the problems met listing them."""
+    walk = _Walk(dev_dir, Config("", ()))
+    nodes = walk.nodes_under(rel_dir)
+    return nodes, tuple(walk.problems)
+
+
+def discover(dev_dir: str, config: Config, prefix: str, sys_dir: str | None = "/sys",
+             pass_device_specs: bool = False) -> Inventory:
+    """Walk ``dev_dir`` (and sysfs, where rules need it) and return the resources
+    the rules select.
+
+    Names the kubelet would reject, and devices that collide on one name without
+    being a pool, are problems for those devices only; every other resource is
+    still returned.
     """
-    walk = _Walk(dev_dir, config)
+    walk = _Walk(dev_dir, config, sys_dir)
     walk.run()
-    by_name: dict[str, list[Resource]] = {}
-    for resource in walk.found:
-        by_name.setdefault(resource.name, []).append(resource)
+    for rule in config.rules:
+        if rule.nvidia:
+            walk.gpus(rule, pass_device_specs)
+    by_name: dict[str, list[_Found]] = {}
+    for found in walk.found:
+        by_name.setdefault(found.name, []).append(found)
     resources: dict[str, Resource] = {}
     for name, candidates in sorted(by_name.items()):
-        if len(candidates) > 1:
-            paths = ", ".join(sorted(f"/dev/{c.path}" for c in candidates))
-            walk.problems.append(
-                f"not exported: {paths} all map to the resource name {prefix}/{name}; "
-                "narrow the rules so only one of them matches"
-            )
-            continue
-        problem = name_problem(name)
-        if problem:
-            walk.problems.append(
-                f"not exported: /dev/{candidates[0].path}: resource name {prefix}/{name} "
-                f"would be rejected by the kubelet: {problem}"
-            )
-            continue
-        resources[name] = candidates[0]
+        resource = _resource(name, candidates, prefix, walk.problems)
+        if resource is not None:
+            resources[name] = resource
     return Inventory(resources, tuple(walk.problems), tuple(sorted(walk.directories)))
+
+
+def _resource(name: str, candidates: list[_Found], prefix: str, problems: list[str]) -> Resource | None:
+    first = candidates[0]
+    rule = first.rule
+    if any(c.rule is not rule for c in candidates) or (len(candidates) > 1 and not rule.pool):
+        paths = ", ".join(sorted(_where(c) for c in candidates))
+        hint = ("give the rule 'pool: true', or a name template such as '" + (rule.name or name)
+                + "-{serial}'") if rule.name else "narrow the rules so only one of them matches"
+        problems.append(f"not exported: {paths} all map to the resource name {prefix}/{name}; {hint}")
+        return None
+    problem = name_problem(name)
+    if problem:
+        problems.append(f"not exported: {_where(first)}: resource name {prefix}/{name} "
+                        f"would be rejected by the kubelet: {problem}")
+        return None
+    if rule.nvidia:
+        return Resource(name, first.rel, KIND_NVIDIA, rule.count, rule, first.nodes, gpu=first.identity)
+    if not rule.pool:
+        return Resource(name, first.rel, first.kind, rule.count, rule, first.nodes)
+    members: dict[str, Member] = {}
+    for found in sorted(candidates, key=lambda c: (c.identity, c.rel)):
+        identity = found.identity
+        if identity in members:  # two devices without a distinguishing serial or port
+            identity = f"{identity}-{sanitize(found.rel)}"
+            problems.append(f"pool {prefix}/{name}: /dev/{found.rel} has the same identity as "
+                            f"/dev/{members[found.identity].path} ({found.identity}); its device IDs "
+                            f"use its node name ({identity}) and may change when it is re-plugged")
+        members[identity] = Member(identity, found.rel, found.nodes)
+    return Resource(name, name, KIND_POOL, rule.count, rule, (),
+                    tuple(sorted(members.values(), key=lambda m: m.identity)))
+
+
+def _where(found: _Found) -> str:
+    return f"GPU {found.rel}" if found.kind == KIND_NVIDIA else f"/dev/{found.rel}"

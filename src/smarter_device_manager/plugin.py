@@ -6,7 +6,17 @@ health; the plugin turns that into ListAndWatch messages and Allocate answers.
 
 Device IDs are ``"0"`` ... ``"N-1"``: short, printable, and stable across
 restarts so the kubelet's checkpoint keeps matching (the original sent control
-characters here).
+characters here). A pool's IDs are its members' stable identities (``A50285BI``,
+or ``A50285BI-0`` ... when each member may be shared), so an ID always means the
+same physical device, and a member that is unplugged turns only its own IDs
+Unhealthy.
+
+What a container gets (docs: README "What a container gets"): the device nodes
+at their /dev paths or the rule's ``containerpath`` (pools number it per device
+handed over: ``/dev/gps0``, ``/dev/gps1``), the rule's ``env`` and read-only
+``mounts``, and ``<PREFIX>_<NAME>`` = the container paths it got (comma
+separated; pools also ``..._IDS``), so a program can find its devices without
+knowing the node's names.
 """
 
 from __future__ import annotations
@@ -25,7 +35,15 @@ from grpclib.server import Server, Stream
 
 from smarter_device_manager.api import messages as pb
 from smarter_device_manager.api.services import DevicePluginService
-from smarter_device_manager.discovery import KIND_DIRECTORY, Resource, directory_nodes
+from smarter_device_manager.discovery import (
+    KIND_DIRECTORY,
+    KIND_NVIDIA,
+    KIND_POOL,
+    DeviceNode,
+    Member,
+    Resource,
+    directory_nodes,
+)
 from smarter_device_manager.lowmem import SmallEvent
 
 log = logging.getLogger(__name__)
@@ -50,8 +68,8 @@ class Paths:
 class DevicePlugin(DevicePluginService):
     """Serves one resource: ``<prefix>/<resource.name>``."""
 
-    __slots__ = ("_changed", "_idle", "_on_allocate", "_paths", "_stopped", "healthy",
-                 "messages_sent", "resource", "resource_name", "streams")
+    __slots__ = ("_changed", "_idle", "_on_allocate", "_paths", "_stopped", "env_name", "gone",
+                 "healthy", "messages_sent", "resource", "resource_name", "streams")
 
     def __init__(
         self,
@@ -63,6 +81,8 @@ class DevicePlugin(DevicePluginService):
         self.resource_name = resource_name
         self.resource = resource
         self.healthy = True
+        self.gone: tuple[Member, ...] = ()  # pool members unplugged, advertised Unhealthy
+        self.env_name = env_name(resource_name)
         self._paths = paths
         self._on_allocate = on_allocate
         self._changed = SmallEvent()  # replaced on every change; streams wait on it
@@ -72,11 +92,15 @@ class DevicePlugin(DevicePluginService):
         self.messages_sent = 0
 
     # --- state, driven by reconcile -------------------------------------------------
-    def update(self, resource: Resource, healthy: bool) -> bool:
+    def update(self, resource: Resource, healthy: bool, gone: tuple[Member, ...] = ()) -> bool:
         """Take a new resource/health; return True if the kubelet must be told."""
-        announce = resource.count != self.resource.count or healthy != self.healthy
-        self.resource = resource
-        self.healthy = healthy
+        if resource.kind == KIND_POOL or self.resource.kind == KIND_POOL:
+            before = self.listing()
+            self.resource, self.healthy, self.gone = resource, healthy, gone
+            announce = self.listing() != before
+        else:
+            announce = resource.count != self.resource.count or healthy != self.healthy
+            self.resource, self.healthy = resource, healthy
         if announce:
             self._wake()
         return announce
@@ -94,12 +118,22 @@ class DevicePlugin(DevicePluginService):
         self._changed = SmallEvent()
 
     def device_ids(self) -> list[str]:
+        if self.resource.kind == KIND_POOL:
+            return [device_id for device_id, _ in self.listing()]
         return [str(i) for i in range(self.resource.count)]
 
-    def list_response(self) -> pb.ListAndWatchResponse:
+    def listing(self) -> list[tuple[str, str]]:
+        """(device ID, health) as the kubelet is told, in a stable order."""
         health = HEALTHY if self.healthy else UNHEALTHY
+        if self.resource.kind != KIND_POOL:
+            return [(str(i), health) for i in range(self.resource.count)]
+        members = [(m, health) for m in self.resource.members] + [(m, UNHEALTHY) for m in self.gone]
+        members.sort(key=lambda pair: pair[0].identity)
+        return [(device_id, h) for m, h in members for device_id in member_ids(m, self.resource.count)]
+
+    def list_response(self) -> pb.ListAndWatchResponse:
         return pb.ListAndWatchResponse(
-            devices=[pb.Device(ID=device_id, health=health) for device_id in self.device_ids()]
+            devices=[pb.Device(ID=device_id, health=health) for device_id, health in self.listing()]
         )
 
     # --- RPCs --------------------------------------------------------------------------
@@ -136,16 +170,41 @@ class DevicePlugin(DevicePluginService):
         request = await stream.recv_message()
         if request is None:
             raise GRPCError(Status.INVALID_ARGUMENT, "no request message")
-        responses = []
-        for container in request.container_requests:
-            chosen = list(dict.fromkeys(container.must_include_deviceIDs))
-            for device_id in container.available_deviceIDs:
-                if len(chosen) >= container.allocation_size:
-                    break
-                if device_id not in chosen:
-                    chosen.append(device_id)
-            responses.append(pb.ContainerPreferredAllocationResponse(deviceIDs=chosen))
+        responses = [
+            pb.ContainerPreferredAllocationResponse(deviceIDs=self.prefer(
+                list(container.available_deviceIDs), list(container.must_include_deviceIDs),
+                container.allocation_size))
+            for container in request.container_requests
+        ]
         await stream.send_message(pb.PreferredAllocationResponse(container_responses=responses))
+
+    def prefer(self, available: list[str], must: list[str], size: int) -> list[str]:
+        """The IDs to give a container: ``must`` first, then, for a pool, distinct
+        devices while any is free, the least shared (most free copies) first."""
+        chosen = list(dict.fromkeys(must))
+        candidates = [i for i in dict.fromkeys(available) if i not in chosen]
+        if self.resource.kind != KIND_POOL:
+            return chosen + candidates[:max(0, size - len(chosen))]
+        owner = {device_id: m.identity for m in self.resource.members + self.gone
+                 for device_id in member_ids(m, self.resource.count)}
+        free: dict[str, int] = {}
+        for device_id in candidates:
+            free[owner.get(device_id, device_id)] = free.get(owner.get(device_id, device_id), 0) + 1
+        used: dict[str, int] = {}
+        for device_id in chosen:
+            used[owner.get(device_id, device_id)] = used.get(owner.get(device_id, device_id), 0) + 1
+        while len(chosen) < size and candidates:
+            def rank(device_id: str) -> tuple[int, int, str]:
+                member = owner.get(device_id, device_id)
+                return used.get(member, 0), -free[member], device_id
+
+            best = min(candidates, key=rank)
+            candidates.remove(best)
+            member = owner.get(best, best)
+            used[member] = used.get(member, 0) + 1
+            free[member] -= 1
+            chosen.append(best)
+        return chosen
 
     async def Allocate(self, stream: Stream[pb.AllocateRequest, pb.AllocateResponse]) -> None:
         request = await stream.recv_message()
@@ -153,6 +212,7 @@ class DevicePlugin(DevicePluginService):
             raise GRPCError(Status.INVALID_ARGUMENT, "no request message")
         known = set(self.device_ids())
         responses = []
+        last = self.device_ids()[-1] if known else "-"
         for container in request.container_requests:
             ids = list(container.devices_ids)
             try:
@@ -161,14 +221,14 @@ class DevicePlugin(DevicePluginService):
                     raise GRPCError(
                         Status.INVALID_ARGUMENT,
                         f"{self.resource_name}: unknown device IDs {unknown}; "
-                        f"this plugin has IDs 0 to {len(known) - 1}",
+                        f"this plugin has IDs {self.device_ids()[0] if known else '-'} to {last}",
                     )
-                specs = self._device_specs()
+                answer = self.answer(ids)
             except GRPCError as exc:
                 self._report(ids, [], str(exc.message))
                 raise
-            responses.append(pb.ContainerAllocateResponse(devices=specs))
-            self._report(ids, [s.container_path for s in specs], None)
+            responses.append(answer)
+            self._report(ids, [s.container_path for s in answer.devices], None)
         await stream.send_message(pb.AllocateResponse(container_responses=responses))
 
     def _report(self, ids: list[str], paths: list[str], error: str | None) -> None:
@@ -181,48 +241,108 @@ class DevicePlugin(DevicePluginService):
         await stream.recv_message()
         await stream.send_message(pb.PreStartContainerResponse())
 
-    def _device_specs(self) -> list[pb.DeviceSpec]:
-        """Specs for every node of the resource, each checked to still be a device.
-
-        Checked again here, not only at discovery, because the node may have been
-        replaced by something else since the last scan; a container must never
-        be handed a regular file or socket.
-        """
+    def answer(self, ids: list[str]) -> pb.ContainerAllocateResponse:
+        """What one container gets for ``ids``: nodes, env and mounts, every node
+        checked again to still be a device inside the dev root."""
+        resource = self.resource
         if not self.healthy:
+            raise GRPCError(Status.FAILED_PRECONDITION,
+                            f"{self.resource_name}: {resource.where} is gone from the node")
+        rule = resource.rule
+        placed: list[tuple[DeviceNode, str]] = []  # (node, container path)
+        envs: dict[str, str] = dict(rule.env)
+        if resource.kind == KIND_POOL:
+            members = self._members(ids)
+            for number, member in enumerate(members):
+                for node in member.nodes:
+                    placed.append((node, _numbered(rule.container_path, number, len(member.nodes), node)))
+            envs[self.env_name + "_IDS"] = ",".join(m.identity for m in members)
+        else:
+            nodes = resource.nodes
+            if resource.kind == KIND_DIRECTORY:
+                # What is in the directory now, not at the last scan: a sound card
+                # may have gained or lost nodes since.
+                nodes, problems = directory_nodes(self._paths.dev_dir, resource.path)
+                for problem in problems:
+                    log.warning("%s: %s", self.resource_name, problem)
+                if not nodes:
+                    raise GRPCError(Status.FAILED_PRECONDITION,
+                                    f"{self.resource_name}: /dev/{resource.path} holds no device nodes")
+            for node in nodes:
+                target = f"/dev/{node.path}"
+                if rule.container_path and resource.kind != KIND_NVIDIA:
+                    target = rule.container_path + node.path[len(resource.path):]
+                placed.append((node, target))
+        if resource.kind == KIND_NVIDIA:
+            envs["NVIDIA_VISIBLE_DEVICES"] = resource.gpu
+        specs = [self._spec(node, target) for node, target in placed]
+        if resource.kind != KIND_NVIDIA:
+            envs[self.env_name] = ",".join(s.container_path for s in specs)
+        mounts = []
+        for mount in rule.mounts:
+            if not os.path.exists(mount.host_path):
+                raise GRPCError(Status.FAILED_PRECONDITION,
+                                f"{self.resource_name}: mount source {mount.host_path} does not exist")
+            mounts.append(pb.Mount(container_path=mount.container_path, host_path=mount.host_path,
+                                   read_only=True))
+        return pb.ContainerAllocateResponse(devices=specs, envs=envs, mounts=mounts)
+
+    def _members(self, ids: list[str]) -> list[Member]:
+        """The distinct pool members behind ``ids``, in the order asked."""
+        owner = {device_id: m for m in self.resource.members
+                 for device_id in member_ids(m, self.resource.count)}
+        members: list[Member] = []
+        for device_id in ids:
+            member = owner.get(device_id)
+            if member is None:
+                raise GRPCError(Status.FAILED_PRECONDITION,
+                                f"{self.resource_name}: device {device_id} is unplugged")
+            if member not in members:
+                members.append(member)
+        return members
+
+    def _spec(self, node: DeviceNode, container_path: str) -> pb.DeviceSpec:
+        """A DeviceSpec for ``node``, which must still be a device node: it may have
+        been replaced since the last scan, and a container must never be handed a
+        regular file or socket."""
+        try:
+            mode = os.lstat(os.path.join(self._paths.dev_dir, node.source)).st_mode
+        except OSError as exc:
             raise GRPCError(
                 Status.FAILED_PRECONDITION,
-                f"{self.resource_name}: /dev/{self.resource.path} is gone from the node",
+                f"{self.resource_name}: /dev/{node.source}: {exc.strerror}",
+            ) from None
+        if not (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)):
+            raise GRPCError(
+                Status.FAILED_PRECONDITION,
+                f"{self.resource_name}: /dev/{node.source} is no longer a device node",
             )
-        nodes = self.resource.nodes
-        if self.resource.kind == KIND_DIRECTORY:
-            # What is in the directory now, not at the last scan: a sound card
-            # may have gained or lost nodes since.
-            nodes = directory_nodes(self._paths.dev_dir, self.resource.path)
-            if not nodes:
-                raise GRPCError(Status.FAILED_PRECONDITION,
-                                f"{self.resource_name}: /dev/{self.resource.path} holds no device nodes")
-        specs = []
-        for node in nodes:
-            try:
-                mode = os.lstat(os.path.join(self._paths.dev_dir, node.source)).st_mode
-            except OSError as exc:
-                raise GRPCError(
-                    Status.FAILED_PRECONDITION,
-                    f"{self.resource_name}: /dev/{node.source}: {exc.strerror}",
-                ) from None
-            if not (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)):
-                raise GRPCError(
-                    Status.FAILED_PRECONDITION,
-                    f"{self.resource_name}: /dev/{node.source} is no longer a device node",
-                )
-            specs.append(
-                pb.DeviceSpec(
-                    container_path=f"/dev/{node.path}",
-                    host_path=f"{self._paths.host_dev_dir.rstrip('/')}/{node.source}",
-                    permissions="rw",
-                )
-            )
-        return specs
+        return pb.DeviceSpec(
+            container_path=container_path,
+            host_path=f"{self._paths.host_dev_dir.rstrip('/')}/{node.source}",
+            permissions="rw",
+        )
+
+
+def member_ids(member: Member, count: int) -> list[str]:
+    """A pool member's device IDs: its identity, or identity-0.. when it may be shared."""
+    if count == 1:
+        return [member.identity]
+    return [f"{member.identity}-{i}" for i in range(count)]
+
+
+def env_name(resource_name: str) -> str:
+    """``smarter-devices/usb-serial`` -> ``SMARTER_DEVICES_USB_SERIAL``."""
+    return "".join(c if c.isalnum() and c.isascii() else "_" for c in resource_name.upper())
+
+
+def _numbered(container_path: str | None, number: int, nodes: int, node: DeviceNode) -> str:
+    """Where the ``number``-th pool device handed to a container appears."""
+    if container_path is None:
+        return f"/dev/{node.path}"
+    if nodes == 1:
+        return f"{container_path}{number}"
+    return f"{container_path}{number}/{node.path.rsplit('/', 1)[-1]}"
 
 
 class _Server(Server):

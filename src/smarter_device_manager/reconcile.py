@@ -22,7 +22,7 @@ import logging
 from dataclasses import dataclass
 
 from smarter_device_manager.config import Config
-from smarter_device_manager.discovery import Inventory, Resource
+from smarter_device_manager.discovery import KIND_POOL, Inventory, Member, Resource
 from smarter_device_manager.metrics import Metrics, Sample
 from smarter_device_manager.naming import socket_name
 from smarter_device_manager.plugin import DevicePlugin, Paths, PluginServer
@@ -36,6 +36,9 @@ class Running:
     server: PluginServer
     endpoint: str
     vanished_since: float | None = None
+    # Pools only: members unplugged, by identity -> (member, since when); kept
+    # Unhealthy for the removal grace like a whole vanished resource.
+    gone: dict[str, tuple[Member, float]] | None = None
 
     @property
     def plugin(self) -> DevicePlugin:
@@ -70,15 +73,15 @@ class Reconciler:
         for name, running in list(self.running.items()):
             if name in inventory.resources:
                 continue
-            path = running.plugin.resource.path
-            if config.first_match(path) is None:
+            resource = running.plugin.resource
+            if not config.selects(resource.rule, resource.path):
                 withdrawals.append(self._withdraw(name, "no rule matches it any more"))
                 continue
             if running.vanished_since is None and self.removal_grace > 0:
                 running.vanished_since = now
-                running.plugin.update(running.plugin.resource, healthy=False)
-                log.warning("%s: /dev/%s is gone; devices reported Unhealthy, withdrawn in %gs "
-                            "unless it comes back", running.plugin.resource_name, path,
+                running.plugin.update(resource, healthy=False, gone=running.plugin.gone)
+                log.warning("%s: %s is gone; devices reported Unhealthy, withdrawn in %gs "
+                            "unless it comes back", running.plugin.resource_name, resource.where,
                             self.removal_grace)
             if running.vanished_since is None or now - running.vanished_since >= self.removal_grace:
                 withdrawals.append(self._withdraw(name, f"gone for {self.removal_grace:g}s"))
@@ -89,20 +92,42 @@ class Reconciler:
             if existing is None:
                 await self._start(name, resource)
             else:
-                self._refresh(existing, resource)
+                self._refresh(existing, resource, now)
 
-    def _refresh(self, running: Running, resource: Resource) -> None:
+    def _refresh(self, running: Running, resource: Resource, now: float) -> None:
         """A resource still there: tell the kubelet only if its advertised list changed."""
         came_back = running.vanished_since is not None
         running.vanished_since = None
-        old_count = running.plugin.resource.count
-        if running.plugin.update(resource, healthy=True):
+        old = running.plugin.resource
+        gone = self._pool_gone(running, resource, now) if resource.kind == KIND_POOL else ()
+        if running.plugin.update(resource, healthy=True, gone=gone):
             if came_back:
-                log.info("%s is back: /dev/%s, devices healthy again",
-                         running.plugin.resource_name, resource.path)
+                log.info("%s is back: %s, devices healthy again",
+                         running.plugin.resource_name, resource.where)
+            elif resource.kind == KIND_POOL:
+                log.info("%s now has %d devices (%d unplugged): %s", running.plugin.resource_name,
+                         len(resource.members), len(gone),
+                         " ".join(f"{m.identity}=/dev/{m.path}" for m in resource.members))
             else:
                 log.info("%s now has %d devices (was %d)",
-                         running.plugin.resource_name, resource.count, old_count)
+                         running.plugin.resource_name, resource.count, old.count)
+
+    def _pool_gone(self, running: Running, resource: Resource, now: float) -> tuple[Member, ...]:
+        """Pool members unplugged within the grace: they stay listed, Unhealthy, so the
+        kubelet keeps their IDs (a re-plug makes them Healthy again)."""
+        present = {m.identity for m in resource.members}
+        gone = running.gone or {}
+        for member in running.plugin.resource.members:
+            if member.identity not in present and member.identity not in gone and self.removal_grace > 0:
+                gone[member.identity] = (member, now)
+                log.warning("%s: device %s (/dev/%s) is gone; its IDs reported Unhealthy, dropped in "
+                            "%gs unless it comes back", running.plugin.resource_name, member.identity,
+                            member.path, self.removal_grace)
+        for identity, (_, since) in list(gone.items()):
+            if identity in present or now - since >= self.removal_grace:
+                del gone[identity]
+        running.gone = gone or None
+        return tuple(member for member, _ in gone.values())
 
     def serves(self, endpoint: str) -> bool:
         """Is ``endpoint`` (a file name in the plugin dir) one of our running sockets?"""
@@ -111,6 +136,7 @@ class Reconciler:
     def next_removal(self) -> float | None:
         """When the next vanished resource is due to be withdrawn."""
         times = [r.vanished_since for r in self.running.values() if r.vanished_since is not None]
+        times += [since for r in self.running.values() if r.gone for _, since in r.gone.values()]
         return min(times) + self.removal_grace if times else None
 
     async def resync_sockets(self, kubelet_restarted: bool) -> None:
@@ -161,8 +187,8 @@ class Reconciler:
         self.start_errors.pop(name, None)
         self.running[name] = Running(server, endpoint)
         self._endpoints.add(endpoint)
-        log.info("serving %s: %d devices for /dev/%s (%s, rule %d) on %s", resource_name,
-                 resource.count, resource.path, resource.kind, resource.rule, endpoint)
+        log.info("serving %s: %d devices for %s (%s, rule %d) on %s", resource_name,
+                 len(plugin.device_ids()), resource.where, resource.kind, resource.rule.index, endpoint)
         self.registrar.request(resource_name, endpoint)
 
     async def _withdraw(self, name: str, why: str, quiet: bool = False) -> None:
@@ -196,7 +222,11 @@ class Reconciler:
                 states["registered"] += 1
             else:
                 states["pending"] += 1
-            health["Healthy" if plugin.healthy else "Unhealthy"] += plugin.resource.count
+            if plugin.resource.kind == KIND_POOL:
+                for _, h in plugin.listing():
+                    health[h] += 1
+            else:
+                health["Healthy" if plugin.healthy else "Unhealthy"] += plugin.resource.count
             messages += plugin.messages_sent
         out: list[Sample] = [("resources", (("state", s),), float(v)) for s, v in states.items()]
         out += [("devices", (("health", h),), float(v)) for h, v in health.items()]
