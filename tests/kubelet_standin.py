@@ -195,6 +195,15 @@ class KubeletStandin:
         response: pb.AllocateResponse = await state.stub.Allocate(request)
         return response
 
+    async def preferred(self, resource: str, available: list[str], size: int,
+                        must: list[str] | None = None) -> list[str]:
+        """GetPreferredAllocation for one container, as the kubelet asks it before Allocate."""
+        state = self.plugins[resource]
+        request = pb.PreferredAllocationRequest(container_requests=[pb.ContainerPreferredAllocationRequest(
+            available_deviceIDs=available, must_include_deviceIDs=must or [], allocation_size=size)])
+        response = await state.stub.GetPreferredAllocation(request)
+        return list(response.container_responses[0].deviceIDs)
+
     async def _notify(self) -> None:
         async with self._changed:
             self._changed.notify_all()

@@ -94,7 +94,8 @@ def test_nvidia_gpu_keyword_is_a_rule_of_its_own() -> None:
      "conf.yaml:1: rule 1: unknown attribute 'idvendor'; did you mean 'idVendor'? "
      "sysfs attribute names are case-sensitive"),
     ('- {attributes: {"../x": "1"}, nummaxdevices: 1}',
-     "conf.yaml:1: rule 1: '../x' is not a sysfs attribute name (letters, digits, '_', '.', ':' and '-' only)"),
+     "conf.yaml:1: rule 1: '../x' is not a sysfs attribute name (letters, digits, '_', '.', ':' and "
+     "'-' only)"),
     ('- {attributes: {}, nummaxdevices: 1}',
      "conf.yaml:1: rule 1: the rule has nothing to match: 'attributes' is empty and there is no "
      "'devicematch' or 'subsystem'; add e.g. attributes: {idVendor: \"0403\"}"),

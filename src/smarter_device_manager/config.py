@@ -315,7 +315,7 @@ def _parse_bool(node: yaml.Node | None, key: str, index: int, out: _Collector) -
         shown = node.value if isinstance(node, yaml.ScalarNode) else "a collection"
         out.error(_line(node), index, f"'{key}' must be true or false, got {shown!r}")
         return False
-    return node.value == "true"
+    return bool(node.value == "true")
 
 
 def _parse_attributes(

@@ -345,8 +345,9 @@ class _Entry:
         name = rule.name or sanitize(rel)
         if rule.fields:
             values = {}
+            own = _own_levels(walk.sysfs, chain) if chain is not None and walk.sysfs else None
             for key in rule.fields:
-                value = walk.sysfs.lookup(chain, key) if chain is not None and walk.sysfs else None
+                value = walk.sysfs.lookup(own, key) if own is not None and walk.sysfs else None
                 if value is None:
                     walk.problems.append(
                         f"not exported: /dev/{rel} (rule {rule.index}): name '{rule.name}' needs "
@@ -359,6 +360,16 @@ class _Entry:
         if rule.pool and chain is not None and walk.sysfs is not None:
             identity = walk.sysfs.identity(chain, rel)
         walk.found.append(_Found(name, rel, kind, rule, nodes, identity))
+
+
+def _own_levels(sysfs: Sysfs, chain: tuple[Level, ...]) -> tuple[Level, ...]:
+    """The levels that describe the device itself: up to its USB device, not the hubs and
+    host controller above it (an xHCI root hub has a ``serial``: a CH340 without one must
+    not be named after its host controller)."""
+    for number, level in enumerate(chain):
+        if sysfs.attribute(level.path, "idVendor") is not None:
+            return chain[:number + 1]
+    return chain
 
 
 def _render(template: str, values: dict[str, str]) -> str:
@@ -398,15 +409,30 @@ def discover(dev_dir: str, config: Config, prefix: str, sys_dir: str | None = "/
     for rule in config.rules:
         if rule.nvidia:
             walk.gpus(rule, pass_device_specs)
+    unusable = _rules_with_missing_mounts(config, walk.problems)
     by_name: dict[str, list[_Found]] = {}
     for found in walk.found:
-        by_name.setdefault(found.name, []).append(found)
+        if found.rule.index not in unusable:
+            by_name.setdefault(found.name, []).append(found)
     resources: dict[str, Resource] = {}
     for name, candidates in sorted(by_name.items()):
         resource = _resource(name, candidates, prefix, walk.problems)
         if resource is not None:
             resources[name] = resource
     return Inventory(resources, tuple(walk.problems), tuple(sorted(walk.directories)))
+
+
+def _rules_with_missing_mounts(config: Config, problems: list[str]) -> set[int]:
+    """Rules whose mount sources are missing: their devices are not exported (a
+    container started without the files it was promised fails in confusing ways)."""
+    unusable: set[int] = set()
+    for rule in config.rules:
+        missing = [m.host_path for m in rule.mounts if not os.path.exists(m.host_path)]
+        if missing:
+            unusable.add(rule.index)
+            problems.append(f"rule {rule.index}: mount source {', '.join(missing)} does not exist on "
+                            "this node; the rule's devices are not exported until it does")
+    return unusable
 
 
 def _resource(name: str, candidates: list[_Found], prefix: str, problems: list[str]) -> Resource | None:
