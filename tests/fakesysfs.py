@@ -17,6 +17,7 @@ attributes that cannot be read) sit next to the models.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterable, Mapping
@@ -74,12 +75,16 @@ class FakeSysfs:
 
     def _mkdir(self, rel: str) -> None:
         if rel not in self._made:
-            os.makedirs(os.path.join(self.root, rel), exist_ok=True)
+            if rel.rpartition("/")[0] in self._made:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(os.path.join(self.root, rel))  # the common case, one syscall
+            else:
+                os.makedirs(os.path.join(self.root, rel), exist_ok=True)
             self._made.add(rel)
 
     def write(self, rel: str, data: str | bytes) -> None:
         """Write a file exactly (``data`` as given; attributes get their newline in :meth:`device`)."""
-        fd = os.open(os.path.join(self.root, rel), _WRITE, 0o644)
+        fd = os.open(f"{self.root}/{rel}", _WRITE, 0o644)
         try:
             os.write(fd, data.encode() if isinstance(data, str) else data)
         finally:
@@ -88,7 +93,7 @@ class FakeSysfs:
     def symlink(self, rel: str, target: str) -> None:
         """A relative symlink at ``rel`` to ``target`` (both relative to the root), as the kernel makes."""
         up = "../" * rel.count("/")
-        os.symlink(up + target, os.path.join(self.root, rel))
+        os.symlink(up + target, f"{self.root}/{rel}")
 
     def _dir(self, rel: str, uevent: Mapping[str, str] | None) -> None:
         self._mkdir(rel)
@@ -119,19 +124,20 @@ class FakeSysfs:
 
     def class_device(self, rel: str, cls: str, node: str, major: int, minor: int, *,
                      attrs: Mapping[str, str] | None = None, devtype: str | None = None,
-                     block: bool = False, usb: str | None = None) -> FakeDevice:
+                     block: bool = False, usb: str | None = None, lean: bool = False) -> FakeDevice:
         """A class device with a node: uevent MAJOR/MINOR/DEVNAME(/DEVTYPE), ``dev``, a ``power`` dir
         (a subdirectory, not an attribute), its ``class/<cls>/<name>`` entry and its dev/char link."""
         uevent = {"MAJOR": str(major), "MINOR": str(minor), "DEVNAME": node}
         if devtype:
             uevent["DEVTYPE"] = devtype
         self.device(rel, subsystem=cls, attrs={"dev": f"{major}:{minor}", **(attrs or {})}, uevent=uevent,
-                    parent_link=not rel.startswith("devices/virtual/"))
-        self._mkdir(f"{rel}/power")
-        self.write(f"{rel}/power/runtime_status", "unsupported\n")
-        entry = f"class/{cls}/{rel.rpartition('/')[2]}"
-        if not os.path.lexists(self.abs(entry)):
-            self.symlink(entry, rel)
+                    parent_link=not lean and not rel.startswith("devices/virtual/"))
+        if not lean:
+            self._mkdir(f"{rel}/power")
+            self.write(f"{rel}/power/runtime_status", "unsupported\n")
+            entry = f"class/{cls}/{rel.rpartition('/')[2]}"
+            if not os.path.lexists(self.abs(entry)):
+                self.symlink(entry, rel)
         device = FakeDevice(node, rel, major, minor, usb, block)
         self.dev_link(block, major, minor, rel)
         return device
@@ -210,30 +216,34 @@ class FakeSysfs:
 
     def usb_device(self, port: str, *, vid: str, pid: str, manufacturer: str | None, product: str | None,
                    serial: str | None, interfaces: int = 1, devnum: int | None = None,
-                   bcd: str = "0600", device_class: str = "00") -> str:
+                   bcd: str = "0600", device_class: str = "00", lean: bool = False) -> str:
         """A USB device at port path ``port`` (e.g. ``1-1.3``; hubs above it are made as needed).
-        ``serial=None`` leaves the attribute out, as CH340s do. Returns its path."""
+        ``serial=None`` leaves the attribute out, as CH340s do. ``lean`` writes only the attributes
+        rules and identities read (for the 1,000-adapter benchmark). Returns its path."""
         bus, _, ports = port.partition("-")
         above = port.rpartition(".")[0] if "." in ports else ""
         parent = self.usb_hub(above) if above else self.usb_bus(int(bus))
         rel = f"{parent}/{port}"
         self._usb_device(rel, int(bus), ports, vid=vid, pid=pid, manufacturer=manufacturer, product=product,
-                         serial=serial, interfaces=interfaces, devnum=devnum, bcd=bcd, device_class=device_class)
+                         serial=serial, interfaces=interfaces, devnum=devnum, bcd=bcd,
+                         device_class=device_class, lean=lean)
         return rel
 
     def _usb_device(self, rel: str, bus: int, devpath: str, *, vid: str, pid: str, manufacturer: str | None,
                     product: str | None, serial: str | None, interfaces: int = 1, devnum: int | None = None,
-                    bcd: str = "0600", device_class: str = "00", maxchild: str = "0") -> None:
+                    bcd: str = "0600", device_class: str = "00", maxchild: str = "0",
+                    lean: bool = False) -> None:
         devnum = self._next_devnum(bus) if devnum is None else devnum
         minor = (bus - 1) * 128 + devnum - 1
-        attrs = {
-            "idVendor": vid, "idProduct": pid, "bcdDevice": bcd, "bDeviceClass": device_class,
-            "bDeviceSubClass": "00", "bDeviceProtocol": "00", "bNumConfigurations": "1",
-            "bConfigurationValue": "1", "bNumInterfaces": f"{interfaces:2d}", "bMaxPower": "90mA",
-            "busnum": str(bus), "devnum": str(devnum), "devpath": devpath, "speed": "12",
-            "version": " 2.00", "maxchild": maxchild, "removable": "unknown", "authorized": "1",
-            "dev": f"189:{minor}",
-        }
+        attrs = {"idVendor": vid, "idProduct": pid, "bNumInterfaces": f"{interfaces:2d}", "busnum": str(bus),
+                 "devnum": str(devnum), "devpath": devpath, "dev": f"189:{minor}"}
+        if not lean:
+            attrs.update({
+                "bcdDevice": bcd, "bDeviceClass": device_class, "bDeviceSubClass": "00",
+                "bDeviceProtocol": "00", "bNumConfigurations": "1", "bConfigurationValue": "1",
+                "bMaxPower": "90mA", "speed": "12", "version": " 2.00", "maxchild": maxchild,
+                "removable": "unknown", "authorized": "1",
+            })
         if manufacturer is not None:
             attrs["manufacturer"] = manufacturer
         if product is not None:
@@ -246,16 +256,18 @@ class FakeSysfs:
             "PRODUCT": f"{int(vid, 16):x}/{int(pid, 16):x}/{int(bcd, 16):x}",
             "TYPE": f"{int(device_class, 16)}/0/0", "BUSNUM": f"{bus:03d}", "DEVNUM": f"{devnum:03d}",
         })
-        # The raw descriptors: binary, not UTF-8 (0xa0 is bMaxPower's byte), as on a real device.
-        self.write(f"{rel}/descriptors", bytes.fromhex("12010002000000080304016000060102030109022000010100a02d"))
-        self.dev_link(False, 189, minor, rel)
+        if not lean:  # The raw descriptors: binary, not UTF-8 (0xa0 is bMaxPower's byte), as on a device.
+            self.write(f"{rel}/descriptors", bytes.fromhex(
+                "12010002000000080304016000060102030109022000010100a02d"))
+            self.dev_link(False, 189, minor, rel)
 
     def _interface(self, usb: str, name: str, *, number: int, cls: str, driver: str | None,
-                   interface: str | None = None) -> str:
+                   interface: str | None = None, lean: bool = False) -> str:
         rel = f"{usb}/{name}"
-        attrs = {"bInterfaceNumber": f"{number:02x}", "bAlternateSetting": " 0", "bInterfaceClass": cls,
-                 "bInterfaceSubClass": "00", "bInterfaceProtocol": "00", "bNumEndpoints": "02",
-                 "authorized": "1", "supports_autosuspend": "1"}
+        attrs = {"bInterfaceNumber": f"{number:02x}", "bInterfaceClass": cls}
+        if not lean:
+            attrs.update({"bAlternateSetting": " 0", "bInterfaceSubClass": "00", "bInterfaceProtocol": "00",
+                          "bNumEndpoints": "02", "authorized": "1", "supports_autosuspend": "1"})
         if interface is not None:
             attrs["interface"] = interface
         uevent = {"DEVTYPE": "usb_interface", "INTERFACE": f"{int(cls, 16)}/0/0"}
@@ -268,24 +280,26 @@ class FakeSysfs:
 
     def usb_serial(self, port: str, node: str, minor: int | None, *, vid: str, pid: str,
                    manufacturer: str | None, product: str | None, serial: str | None, driver: str,
-                   devnum: int | None = None, port_attrs: Mapping[str, str] | None = None) -> FakeDevice:
+                   devnum: int | None = None, port_attrs: Mapping[str, str] | None = None,
+                   lean: bool = False) -> FakeDevice:
         """A single-interface usb-serial adapter: USB device, interface :1.0, the usb-serial port
         ``ttyUSBn`` and the tty class device ``ttyUSBn/tty/ttyUSBn`` (188:n)."""
         minor = _digits(node) if minor is None else minor
         usb = self.usb_device(port, vid=vid, pid=pid, manufacturer=manufacturer, product=product,
-                              serial=serial, devnum=devnum)
-        intf = self._interface(usb, f"{port}:1.0", number=0, cls="ff", driver=driver, interface=product)
+                              serial=serial, devnum=devnum, lean=lean)
+        intf = self._interface(usb, f"{port}:1.0", number=0, cls="ff", driver=driver, interface=product,
+                               lean=lean)
         serial_port = self.device(f"{intf}/{node}", subsystem="usb-serial", driver=driver,
                                   attrs={"port_number": "0", **(port_attrs or {})}, uevent={"DRIVER": driver})
         self._mkdir(f"{serial_port}/tty")
-        return self.class_device(f"{serial_port}/tty/{node}", "tty", node, 188, minor, usb=usb)
+        return self.class_device(f"{serial_port}/tty/{node}", "tty", node, 188, minor, usb=usb, lean=lean)
 
     def ftdi(self, port: str = "1-1.3", node: str = "ttyUSB0", minor: int | None = None,
-             serial: str | None = "A50285BI", devnum: int | None = None) -> FakeDevice:
+             serial: str | None = "A50285BI", devnum: int | None = None, lean: bool = False) -> FakeDevice:
         """FTDI FT232R (0403:6001, driver ftdi_sio) at the reference's Pi 4 path by default."""
         return self.usb_serial(port, node, minor, vid="0403", pid="6001", manufacturer="FTDI",
                                product="FT232R USB UART", serial=serial, driver="ftdi_sio", devnum=devnum,
-                               port_attrs={"latency_timer": "16"})
+                               port_attrs=None if lean else {"latency_timer": "16"}, lean=lean)
 
     def cp2102(self, port: str = "1-1.4", node: str = "ttyUSB1", minor: int | None = None,
                serial: str | None = "0001", devnum: int | None = None) -> FakeDevice:
@@ -331,7 +345,7 @@ class FakeSysfs:
         capture, metadata = (
             self.class_device(f"{control}/video4linux/{node}", "video4linux", node, 81, minor, usb=usb,
                               attrs={"name": "USB Camera", "index": str(index), "dev_debug": "0"})
-            for index, (node, minor) in enumerate(zip(nodes, minors))
+            for index, (node, minor) in enumerate(zip(nodes, minors, strict=True))
         )
         return capture, metadata
 
@@ -366,12 +380,15 @@ class FakeSysfs:
 
     def adapters(self, count: int, hubs: int = 4, first_minor: int = 0) -> list[FakeDevice]:
         """``count`` FTDI-like adapters with distinct serials spread over ``hubs`` hubs on bus 1
-        (ports ``1-1.<hub>.<n>``; the fake does not enforce USB's 127-devices-per-bus limit)."""
+        (ports ``1-1.<hub>.<n>``; the fake does not enforce USB's 127-devices-per-bus limit). Lean:
+        the same levels, uevents and subsystem/driver links, only the attributes rules and identities
+        read; no ``device`` links, ``class/`` entries or USB device nodes. Each costs a block on ext4."""
         found: list[FakeDevice] = []
         for i in range(count):
             port = f"1-1.{1 + i % hubs}.{1 + i // hubs}"
             minor = first_minor + i
-            found.append(self.ftdi(port=port, node=f"ttyUSB{minor}", minor=minor, serial=f"FT{i:06X}"))
+            found.append(self.ftdi(port=port, node=f"ttyUSB{minor}", minor=minor, serial=f"FT{i:06X}",
+                                   lean=True))
         return found
 
     # -- trouble ---------------------------------------------------------------------------------

@@ -13,9 +13,10 @@ Why it is shaped so:
 - The sysfs root is injectable, so tests build fake trees and the daemon can read
   a host's ``/sys`` mounted elsewhere.
 - Nothing is followed out of the root. ``os.path.realpath`` costs ~110 us per
-  deep link here (one ``lstat`` per component, every time), so links are
-  resolved by :meth:`Sysfs._resolve`, the same algorithm with a per-scan cache of
-  directories already known to be real: ~10 us per device instead.
+  deep link here (one ``lstat`` per component, every time, ~25 of them), so
+  links are resolved by :meth:`Sysfs._resolve`, the same algorithm with a
+  per-scan cache of paths already known to be real: a new adapter behind a known
+  hub costs one ``readlink`` and ~5 ``lstat`` calls, ~20 us.
 - A bad tree (loops, dangling or escaping links, a device unplugged mid-read)
   is a :class:`SysfsError` with a message for users for the device that has it;
   a single unreadable attribute is just absent (``None``), as it is for udev.
@@ -38,7 +39,6 @@ anything larger is a binary attribute (firmware, config space), never a match.""
 _MAX_HOPS = 40  # symlinks followed while resolving one path: the kernel's own limit
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _GLOB_CHARS = frozenset("*?[")
-_UNREAD = "\0"  # cache sentinel: no attribute value can hold a NUL (names with one are refused)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _GPU = re.compile(r"gpu.[0-9]*")  # the original's pattern, unanchored like Go's regexp.MatchString
 
@@ -64,7 +64,8 @@ class Sysfs:
     so every rescan reads fresh values, and a device's parents (a hub shared by many adapters) are read once
     per scan."""
 
-    __slots__ = ("_attributes", "_chains", "_devices", "_dirs", "_real", "_root", "_root_slash", "_upward")
+    __slots__ = ("_abs_dirs", "_attributes", "_chains", "_devices", "_dirs", "_real", "_real_folders",
+                 "_root", "_root_slash", "_upward")
 
     def __init__(self, root: str) -> None:
         # Resolved once: every containment check compares against the real root.
@@ -72,7 +73,9 @@ class Sysfs:
         self._root_slash = self._root.rstrip("/") + "/"
         self._real: dict[str, int] = {self._root: stat.S_IFDIR}  # real absolute path -> its st_mode
         self._dirs: dict[str, str] = {}  # path as given -> real path relative to the root
+        self._abs_dirs: dict[str, str] = {}  # path as given -> real absolute path
         self._devices: dict[tuple[bool, int, int], str] = {}
+        self._real_folders: dict[str, str] = {}  # <root>/dev/char and /block -> their real paths
         self._chains: dict[str, tuple[Level, ...]] = {}
         self._upward: dict[str, tuple[Level, ...]] = {}  # real dir -> its levels and those above
         self._attributes: dict[tuple[str, str], str | None] = {}
@@ -146,6 +149,33 @@ class Sysfs:
             todo.extend(name for name in reversed(target.split("/")) if name and name != ".")
         return real or "/"
 
+    def _short_way(self, folder: str, target: str) -> str | None:
+        """``target`` resolved from the real directory ``folder`` when it is leading ``../`` and then
+        plain names: only the names below the longest prefix already known real are ``lstat``-ed.
+        None when it is not that simple (a symlink on the way, ``.``, ``//``...): use _resolve."""
+        base = self._real_folders.get(folder)
+        if base is None:
+            base = self._real_folders[folder] = self._resolve(folder)
+        rest = target
+        while rest.startswith("../"):
+            rest = rest[3:]
+            base = base[: base.rfind("/")]
+        if not rest or rest[0] == "/" or "//" in rest or "/./" in f"/{rest}/" or "/../" in f"/{rest}/":
+            return None
+        full = f"{base}/{rest}"
+        known = self._real
+        prefix = full
+        pending: list[str] = []
+        while prefix != base and prefix not in known:
+            pending.append(prefix)
+            prefix = prefix[: prefix.rfind("/")]
+        for candidate in reversed(pending):
+            mode = os.lstat(candidate).st_mode
+            if stat.S_ISLNK(mode):
+                return None
+            known[candidate] = mode
+        return full
+
     def device_dir(self, block: bool, major: int, minor: int) -> str:
         """Path (relative to root) of the device dir that <root>/dev/{char|block}/M:m points to. Raises
         SysfsError if the link is missing, broken, loops, leaves the root, or is not a directory."""
@@ -154,12 +184,23 @@ class Sysfs:
         if cached is not None:
             return cached
         kind = "block" if block else "char"
-        link = f"{self._root_slash}dev/{kind}/{major}:{minor}"
+        folder = f"{self._root_slash}dev/{kind}"
+        link = f"{folder}/{major}:{minor}"
         try:
-            real = self._resolve(link)
+            try:
+                # The link read directly, its target resolved from the link's folder as the kernel
+                # does. The kernel's own links ("../../devices/...") take the short way.
+                target = os.readlink(link)
+                real = self._short_way(folder, target) or self._resolve(
+                    target if target.startswith("/") else f"{folder}/{target}")
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                real = self._resolve(link)  # not a symlink: resolved as it is (and then refused)
         except OSError as exc:
             if not os.path.lexists(link):
-                raise SysfsError(f"{link} does not exist: sysfs knows no {kind} device {major}:{minor}") from None
+                raise SysfsError(
+                    f"{link} does not exist: sysfs knows no {kind} device {major}:{minor}") from None
             raise SysfsError(self._link_problem(link, exc)) from None
         except ValueError:  # a NUL byte in a link target: not a tree the kernel makes
             raise SysfsError(f"{link} has an invalid target") from None
@@ -191,10 +232,12 @@ class Sysfs:
         known = self._dirs.get(path)
         if known is not None:
             return known
+        # A lexical check for paths that plainly climb out; the real check is on the resolved path,
+        # resolved as the kernel would ("link/.." is the link target's parent, not ".").
         norm = os.path.normpath(path) if path else "."
         if "\0" in path or os.path.isabs(norm) or norm == ".." or norm.startswith("../"):
             raise SysfsError(f"{path!r} is not a path inside the sysfs root {self._root}")
-        where = f"{self._root_slash}{norm}"
+        where = f"{self._root_slash}{path}".rstrip("/")
         try:
             real = self._resolve(where)
         except OSError as exc:
@@ -224,9 +267,17 @@ class Sysfs:
         if not rel:
             raise SysfsError(f"{where} is the sysfs root, not a device")
         # The mode _resolve saw; a device dir removed since is caught by _level.
-        if not stat.S_ISDIR(self._real.get(where, 0)):
+        mode = self._real.get(where)
+        if mode is None:
+            try:
+                mode = os.lstat(where).st_mode
+            except OSError as exc:
+                raise SysfsError(f"{where} vanished (device unplugged?): {exc.strerror}") from None
+        if not stat.S_ISDIR(mode):
             raise SysfsError(f"{where} is not a device directory")
-        levels = (self._level(rel), *self._above(rel))
+        leaf = self._level(rel, leaf=True)
+        assert leaf is not None  # a leaf always has a level
+        levels = (leaf, *self._above(rel))
         self._chains[path] = levels
         return levels
 
@@ -243,28 +294,33 @@ class Sysfs:
             pending.append(parent)
             parent = parent.rpartition("/")[0]
         for directory in reversed(pending):
-            if self._is_device(directory):
-                base = (self._level(directory), *base)
+            level = self._level(directory, leaf=False)
+            if level is not None:
+                base = (level, *base)
             self._upward[directory] = base
         return base
 
-    def _is_device(self, rel: str) -> bool:
-        try:
-            os.lstat(f"{self._root_slash}{rel}/uevent")
-        except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-                return False
-            raise SysfsError(f"cannot read {self._root_slash}{rel}: {exc.strerror}") from None
-        return True
+    def _level(self, rel: str, leaf: bool) -> Level | None:
+        """The level of directory ``rel``; for a parent (not ``leaf``), None if it is no device.
 
-    def _level(self, rel: str) -> Level:
+        A device is a directory with a ``uevent`` file, as for udev; grouping directories (``tty``,
+        ``video4linux``) have none. A ``subsystem`` link implies a device, so ``uevent`` is only
+        looked for when there is no subsystem: one syscall saved per parent.
+        """
         where = self._abs(rel)
         subsystem = self._link_name(where, "subsystem")
+        if subsystem is None:
+            try:
+                os.lstat(f"{where}/uevent")
+            except OSError as exc:
+                if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+                    raise SysfsError(f"cannot read {where}: {exc.strerror}") from None
+                if not leaf:
+                    return None  # a grouping directory (or a parent gone with its child: caught below)
+                # ENOENT from readlink and lstat: no such file, or no such device any more.
+                if not os.path.isdir(where):
+                    raise SysfsError(f"{where} vanished while it was read (device unplugged?)") from None
         driver = self._link_name(where, "driver")
-        if subsystem is None and not os.path.isdir(where):
-            # ENOENT from readlink means "no such link" or "no such device any more". Every device but
-            # a few roots has a subsystem, so this costs nothing in the common case.
-            raise SysfsError(f"{where} vanished while it was read (device unplugged?)")
         self._dirs[rel] = rel
         return Level(rel, subsystem, driver)
 
@@ -284,9 +340,8 @@ class Sysfs:
         directory, a symlink, unreadable (EACCES/EIO/etc.), not UTF-8, larger than 4096 bytes, or vanished
         mid-read. Cached."""
         key = (path, name)
-        value = self._attributes.get(key, _UNREAD)
-        if value is not _UNREAD:
-            return value
+        if key in self._attributes:
+            return self._attributes[key]
         value = self._read(path, name)
         self._attributes[key] = value
         return value
@@ -295,7 +350,10 @@ class Sysfs:
         if not name or name in (".", "..") or "/" in name or "\0" in name:
             return None
         try:
-            file = f"{self._abs(self._real_dir(path))}/{name}"
+            where = self._abs_dirs.get(path)
+            if where is None:
+                where = self._abs_dirs[path] = self._abs(self._real_dir(path))
+            file = f"{where}/{name}"
             # lstat first: never open a FIFO, a device node or a symlink that a bad tree put here.
             if not stat.S_ISREG(os.lstat(file).st_mode):
                 return None
@@ -390,11 +448,12 @@ class Sysfs:
         Two adapters that share a serial (vendors that ship "0001" on every unit) get the same identity:
         callers must treat duplicates as a problem, this method cannot see the other device."""
         for position, level in enumerate(chain):
-            if self.attribute(level.path, "idVendor") is None or self.attribute(level.path, "idProduct") is None:
+            usb = level.path
+            if self.attribute(usb, "idVendor") is None or self.attribute(usb, "idProduct") is None:
                 continue
-            serial = (self.attribute(level.path, "serial") or "").strip()
-            ident = serial or "usb-" + level.path.rpartition("/")[2]
-            if position > 0 and _count(self.attribute(level.path, "bNumInterfaces")) > 1:
+            serial = (self.attribute(usb, "serial") or "").strip()
+            ident = serial or "usb-" + usb.rpartition("/")[2]
+            if position > 0 and _count(self.attribute(usb, "bNumInterfaces")) > 1:
                 number = self.attribute(chain[position - 1].path, "bInterfaceNumber")
                 if number:
                     ident += "-if" + number.strip()
