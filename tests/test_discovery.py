@@ -216,13 +216,20 @@ def test_list_cli_json_matches_contract(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "smarter_device_manager", "list", "--config",
                           str(config), "--dev-dir", str(tmp_path / "dev"), "--output", "json"],
                          capture_output=True, text=True, check=True)
-    assert json.loads(out.stdout) == [
+    rows = json.loads(out.stdout)
+    # 2.0's keys keep their meaning; 2.1 adds kind, rule and each device's sysfs view.
+    assert [{k: r[k] for k in ("resource", "count", "paths")} for r in rows] == [
         {"resource": "smarter-devices/snd", "count": 20,
          "paths": ["/dev/snd/controlC0", "/dev/snd/pcmC0D0p"]},
         {"resource": "smarter-devices/video0", "count": 20, "paths": ["/dev/video0"]},
     ]
+    assert [(r["kind"], r["rule"]) for r in rows] == [("directory", 2), ("device", 1)]
+    assert [d["path"] for d in rows[0]["devices"]] == ["/dev/snd/controlC0", "/dev/snd/pcmC0D0p"]
+    assert (rows[1]["devices"][0]["major"], rows[1]["devices"][0]["minor"]) == (1, 3)
     table = subprocess.run([sys.executable, "-m", "smarter_device_manager", "list", "--config",
                             str(config), "--dev-dir", str(tmp_path / "dev")],
                            capture_output=True, text=True, check=True).stdout.splitlines()
     assert table[0].split() == ["RESOURCE", "COUNT", "PATHS"]
-    assert table[2].split() == ["smarter-devices/video0", "20", "/dev/video0"]
+    resources = [line.split() for line in table if line.startswith("smarter-devices/")]
+    assert resources[1] == ["smarter-devices/video0", "20", "/dev/video0"]
+    assert any(line.startswith("    /dev/video0  ") for line in table)
