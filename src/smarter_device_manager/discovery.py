@@ -345,7 +345,7 @@ class _Entry:
         name = rule.name or sanitize(rel)
         if rule.fields:
             values = {}
-            own = _own_levels(walk.sysfs, chain) if chain is not None and walk.sysfs else None
+            own = own_levels(walk.sysfs, chain) if chain is not None and walk.sysfs else None
             for key in rule.fields:
                 value = walk.sysfs.lookup(own, key) if own is not None and walk.sysfs else None
                 if value is None:
@@ -362,7 +362,7 @@ class _Entry:
         walk.found.append(_Found(name, rel, kind, rule, nodes, identity))
 
 
-def _own_levels(sysfs: Sysfs, chain: tuple[Level, ...]) -> tuple[Level, ...]:
+def own_levels(sysfs: Sysfs, chain: tuple[Level, ...]) -> tuple[Level, ...]:
     """The levels that describe the device itself: up to its USB device, not the hubs and
     host controller above it (an xHCI root hub has a ``serial``: a CH340 without one must
     not be named after its host controller)."""

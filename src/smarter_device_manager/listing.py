@@ -12,7 +12,7 @@ import os
 import stat
 from typing import Any
 
-from smarter_device_manager.discovery import KIND_POOL, Inventory, Resource
+from smarter_device_manager.discovery import KIND_POOL, Inventory, Resource, own_levels
 from smarter_device_manager.sysfs import Sysfs, SysfsError
 
 # Shown in the table, nearest level first; JSON has every attribute of every level.
@@ -82,8 +82,10 @@ def _device(sysfs: Sysfs, dev_dir: str, rel: str, identity: str) -> dict[str, An
 
 
 def _summary(sysfs: Sysfs, chain: tuple[Any, ...]) -> dict[str, str]:
-    """The attributes rules use most, each from the nearest level that has it."""
+    """The attributes rules use most, each from the nearest level that has it (up to the
+    device's USB device: hubs and host controllers above it are not the device)."""
     summary: dict[str, str] = {}
+    chain = own_levels(sysfs, chain)
     if chain and chain[0].subsystem:
         summary["subsystem"] = chain[0].subsystem
     driver = sysfs.lookup(chain, "driver")
