@@ -38,7 +38,8 @@ class Node:
         self.config.write_text(text)
 
     def start(self, *extra: str, config: bool = True, env: dict[str, str] | None = None,
-              args: list[str] | None = None) -> DaemonProcess:
+              args: list[str] | None = None, prelude: str | None = None) -> DaemonProcess:
+        """Run the daemon; ``prelude`` is Python code run in its process before the CLI."""
         argv = args if args is not None else [
             "serve", "--dev-dir", str(self.dev), "--plugin-dir", str(self.plugins),
             "--log-level", "debug",
@@ -46,7 +47,7 @@ class Node:
         if config and args is None:
             argv += ["--config", str(self.config)]
         proc = DaemonProcess.spawn([*argv, *extra], self.root / f"daemon{len(self.procs)}.log",
-                                   env)
+                                   env, prelude)
         self.procs.append(proc)
         return proc
 
@@ -57,10 +58,15 @@ class DaemonProcess:
         self.log_path = log_path
 
     @classmethod
-    def spawn(cls, argv: list[str], log_path: Path, env: dict[str, str] | None) -> DaemonProcess:
+    def spawn(cls, argv: list[str], log_path: Path, env: dict[str, str] | None,
+              prelude: str | None = None) -> DaemonProcess:
         log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the process
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        popen = subprocess.Popen([sys.executable, "-m", "smarter_device_manager", *argv],
+        command = ["-m", "smarter_device_manager"]
+        if prelude is not None:
+            command = ["-c", f"{prelude}\nimport sys\nfrom smarter_device_manager.cli import main\n"
+                       "sys.exit(main(sys.argv[1:]))"]
+        popen = subprocess.Popen([sys.executable, *command, *argv],
                                  stdout=log, stderr=subprocess.STDOUT, env=full_env)
         return cls(popen, log_path)
 

@@ -212,10 +212,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     from smarter_device_manager import logs, lowmem
 
+    logs.setup(args.log_level, args.log_format)  # first: a trim left out is logged as a warning
     lowmem.install()
     from smarter_device_manager.daemon import Daemon, Settings
 
-    logs.setup(args.log_level, args.log_format)
     log = logging.getLogger("smarter_device_manager")
     path, why = _resolve_config(args.config)
     if path is None:
