@@ -25,7 +25,7 @@ from grpclib.server import Server, Stream
 
 from smarter_device_manager.api import messages as pb
 from smarter_device_manager.api.services import DevicePluginService
-from smarter_device_manager.discovery import KIND_DIRECTORY, Resource, directory_nodes
+from smarter_device_manager.discovery import KIND_DIRECTORY, Resource, directory_nodes, node_problem
 from smarter_device_manager.lowmem import SmallEvent
 
 log = logging.getLogger(__name__)
@@ -182,11 +182,15 @@ class DevicePlugin(DevicePluginService):
         await stream.send_message(pb.PreStartContainerResponse())
 
     def _device_specs(self) -> list[pb.DeviceSpec]:
-        """Specs for every node of the resource, each checked to still be a device.
+        """Specs for every node of the resource, each checked to still be a device
+        inside the dev dir.
 
         Checked again here, not only at discovery, because the node may have been
-        replaced by something else since the last scan; a container must never
-        be handed a regular file or socket.
+        replaced by something else since the last scan, or a directory on its way
+        swapped for a symlink to somewhere else; a container must never be handed a
+        regular file, a socket or a node from outside the dev dir. (The runtime opens
+        the host path later, when it creates the container; a swap after this check
+        is beyond what a device plugin can see.)
         """
         if not self.healthy:
             raise GRPCError(
@@ -197,24 +201,18 @@ class DevicePlugin(DevicePluginService):
         if self.resource.kind == KIND_DIRECTORY:
             # What is in the directory now, not at the last scan: a sound card
             # may have gained or lost nodes since.
-            nodes = directory_nodes(self._paths.dev_dir, self.resource.path)
+            nodes, problems = directory_nodes(self._paths.dev_dir, self.resource.path)
+            for problem in problems:
+                log.warning("%s: Allocate: %s", self.resource_name, problem)
             if not nodes:
-                raise GRPCError(Status.FAILED_PRECONDITION,
-                                f"{self.resource_name}: /dev/{self.resource.path} holds no device nodes")
+                why = "; ".join(problems) or f"/dev/{self.resource.path} holds no device nodes"
+                raise GRPCError(Status.FAILED_PRECONDITION, f"{self.resource_name}: {why}")
         specs = []
         for node in nodes:
-            try:
-                mode = os.lstat(os.path.join(self._paths.dev_dir, node.source)).st_mode
-            except OSError as exc:
-                raise GRPCError(
-                    Status.FAILED_PRECONDITION,
-                    f"{self.resource_name}: /dev/{node.source}: {exc.strerror}",
-                ) from None
-            if not (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)):
-                raise GRPCError(
-                    Status.FAILED_PRECONDITION,
-                    f"{self.resource_name}: /dev/{node.source} is no longer a device node",
-                )
+            # Checked again here, every node of every kind, never following a symlink.
+            refused = node_problem(self._paths.dev_dir, node.source)
+            if refused is not None:
+                raise GRPCError(Status.FAILED_PRECONDITION, f"{self.resource_name}: {refused}")
             specs.append(
                 pb.DeviceSpec(
                     container_path=f"/dev/{node.path}",
