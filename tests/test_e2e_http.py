@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 from urllib.error import HTTPError
 
 import pytest
-from conftest import Node, mkdev, needs_root
+from conftest import DaemonProcess, Node, mkdev, needs_root
 from grpclib import GRPCError
 from kubelet_standin import KubeletStandin
 
@@ -45,11 +46,40 @@ def run(coro: Coroutine[Any, Any, None]) -> None:
     asyncio.run(asyncio.wait_for(coro, 60))
 
 
-def metric(text: str, name: str, labels: str = "") -> float:
+def metric(text: str, name: str, labels: str = "", default: float | None = None) -> float:
+    """A sample's value; ``default`` for a counter never incremented (absent)."""
     pattern = re.escape(f"smarter_device_manager_{name}{labels}") + r" ([0-9.e+-]+)$"
     match = re.search(pattern, text, re.M)
+    if match is None and default is not None:
+        return default
     assert match, f"{name}{labels} not in:\n{text}"
     return float(match.group(1))
+
+
+async def listener_port(proc: DaemonProcess) -> int:
+    """The port of a daemon started with ``--http-address 127.0.0.1:0``."""
+    await asyncio.get_running_loop().run_in_executor(None, proc.wait_log, "HTTP listener on")
+    match = re.search(r"HTTP listener on 127\.0\.0\.1:(\d+)", proc.log)
+    assert match, proc.log
+    return int(match.group(1))
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 30) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        assert loop.time() < deadline, f"not within {timeout}s: {what}"
+        await asyncio.sleep(0.02)
+
+
+REASONS = ("start", "overflow", "sighup", "config", "grace", "hotplug")
+
+
+async def rescans(port: int) -> dict[str, float]:
+    _, text = await aget(port, "/metrics")
+    counts = {r: metric(text, "rescans_total", f'{{reason="{r}"}}', 0) for r in REASONS}
+    counts["events"] = metric(text, "hotplug_events_total", "", 0)
+    return {k: v for k, v in counts.items() if v}
 
 
 def test_probes_follow_the_kubelet_and_the_config(node: Node) -> None:
@@ -140,3 +170,47 @@ def test_port_in_use_fails_clearly(node: Node) -> None:
         assert proc.popen.wait(10) == 1
     assert "not starting:" in proc.log and "address already in use" in proc.log.lower()
     assert "Traceback" not in proc.log
+
+
+def test_rescans_and_hotplug_events_are_counted_by_cause(node: Node) -> None:
+    """A known sequence: start, plug, SIGHUP, config change, unplug, removal grace."""
+    mkdev(node.dev / "fuse", major=10, minor=229)  # before start: no event for it
+    node.write_config(TTY)
+    tty = "smarter-devices/ttyUSB0"
+
+    async def scenario() -> None:
+        kubelet = KubeletStandin(str(node.plugins))
+        await kubelet.start()
+        proc = node.start("--http-address", "127.0.0.1:0", "--removal-grace", "1s")
+        port = await listener_port(proc)
+
+        async def counted(expected: dict[str, float]) -> None:
+            async def check() -> bool:
+                return await rescans(port) == expected
+            await eventually(check, f"counts {expected}; last {await rescans(port)}")
+
+        await counted({"start": 1})
+        mkdev(node.dev / "ttyUSB0", major=188)  # one inotify event
+        await kubelet.wait_for(lambda: kubelet.healthy(tty) == 2)
+        await counted({"start": 1, "hotplug": 1, "events": 1})
+
+        before = len(kubelet.register_requests)
+        proc.signal(signal.SIGHUP)
+        await kubelet.wait_for(lambda: len(kubelet.register_requests) > before
+                               and kubelet.healthy(tty) == 2)
+        await counted({"start": 1, "hotplug": 1, "sighup": 1, "events": 1})
+
+        new = node.config.with_name("new.yaml")
+        new.write_text(TTY + "- devicematch: ^fuse$\n  nummaxdevices: 3\n")
+        os.rename(new, node.config)  # an event in the config dir, not the dev dir
+        await kubelet.wait_for(lambda: kubelet.healthy("smarter-devices/fuse") == 3)
+        await counted({"start": 1, "hotplug": 1, "sighup": 1, "config": 1, "events": 1})
+
+        (node.dev / "ttyUSB0").unlink()  # one inotify event; the grace timer one walk more
+        await kubelet.wait_for(lambda: not kubelet.plugins[tty].streaming)
+        await counted({"start": 1, "hotplug": 2, "sighup": 1, "config": 1, "grace": 1,
+                       "events": 2})
+        await kubelet.stop()
+
+    run(scenario())
+    assert "withdrew smarter-devices/ttyUSB0: gone for 1s" in node.procs[0].log

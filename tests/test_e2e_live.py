@@ -11,13 +11,14 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import Node, mkdev, needs_root
 from kubelet_standin import KubeletStandin
+from test_e2e_http import listener_port, rescans
 
 pytestmark = [needs_root, pytest.mark.e2e]
 
@@ -202,22 +203,47 @@ def test_inotify_overflow_triggers_a_full_rescan(node: Node) -> None:
     knob.write_text("16\n")
     try:
         async def scenario() -> None:
-            kubelet = await start(node, TTY)  # its inotify instance gets the small queue
+            # its inotify instance gets the small queue
+            kubelet = await start(node, TTY, "--http-address", "127.0.0.1:0")
             proc = node.procs[0]
+            port = await listener_port(proc)
+            await eventually(lambda: rescans(port), {"start": 1})
             proc.signal(signal.SIGSTOP)  # it cannot drain its queue while stopped
             try:
+                wait_stopped(proc.popen.pid)
                 for i in range(60):
                     mkdev(node.dev / f"ttyUSB{i}", major=188, minor=i)
             finally:
                 proc.signal(signal.SIGCONT)
             want = [P + f"ttyUSB{i}" for i in range(60)]
-            await kubelet.wait_for(lambda: all(kubelet.healthy(n) == 2 for n in want), timeout=5)
+            await kubelet.wait_for(lambda: all(kubelet.healthy(n) == 2 for n in want))
+            # The queued events and the overflow are read at once: one walk, counted once,
+            # as an overflow (not also as hotplug).
+            counts = await rescans(port)
+            assert counts.pop("events") > 0
+            assert counts == {"start": 1, "overflow": 1}
             await kubelet.stop()
 
         run(scenario())
     finally:
         knob.write_text(old)
     assert "inotify queue overflowed; doing a full rescan" in node.procs[0].log
+
+
+def wait_stopped(pid: int, timeout: float = 30) -> None:
+    """Until the kernel has really stopped ``pid`` (SIGSTOP is delivered asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+        assert time.monotonic() < deadline, f"process {pid} not stopped"
+        time.sleep(0.005)
+
+
+async def eventually(value: Callable[[], Awaitable[object]], expected: object,
+                     timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while (got := await value()) != expected:
+        assert time.monotonic() < deadline, f"{got} is not {expected} within {timeout}s"
+        await asyncio.sleep(0.02)
 
 
 def configmap_swap(config_dir: Path, text: str, generation: int) -> None:

@@ -30,6 +30,14 @@ log = logging.getLogger(__name__)
 QUIET = 0.02  # a burst is over when nothing happened for this long...
 MAX_DELAY = 0.25  # ...or when it has lasted this long, whichever comes first
 
+# Why the dev dir is walked, for rescans_total{reason}: one count per walk. When causes
+# coincide within one settle window, the walk is counted under the first of them here.
+REASONS = ("start", "overflow", "sighup", "config", "grace", "hotplug")
+
+
+def main_reason(reasons: set[str]) -> str:
+    return next(r for r in REASONS if r in reasons)
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -61,7 +69,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._last_event = 0.0
-        self._dev_dirty = False
+        self._rescan_reasons: set[str] = set()  # why the dev dir must be walked; empty: it need not
         self._config_dirty = False
         self._plugin_dirty = False
         self._kubelet_restarted = False
@@ -76,8 +84,14 @@ class Daemon:
         self._wake.set()
 
     def dev_changed(self) -> None:
+        """An inotify event under the dev dir (and only that: see _removal_due)."""
         self.metrics.inc("hotplug_events_total")
-        self._dev_dirty = True
+        self._rescan_reasons.add("hotplug")
+        self._poke()
+
+    def _removal_due(self) -> None:
+        """A vanished device's removal grace is over: the walk withdraws it."""
+        self._rescan_reasons.add("grace")
         self._poke()
 
     def config_changed(self) -> None:
@@ -101,13 +115,14 @@ class Daemon:
             self._poke()
 
     def overflow(self) -> None:
-        self.metrics.inc("rescans_total", reason="overflow")
-        self._dev_dirty = self._config_dirty = self._plugin_dirty = True
+        self._rescan_reasons.add("overflow")
+        self._config_dirty = self._plugin_dirty = True
         self._poke()
 
     def hangup(self) -> None:
         log.info("SIGHUP: rescanning and registering every resource again")
-        self._dev_dirty = self._config_dirty = self._reregister = True
+        self._rescan_reasons.add("sighup")
+        self._config_dirty = self._reregister = True
         self._poke()
 
     # --- the loop ---------------------------------------------------------------------
@@ -174,13 +189,13 @@ class Daemon:
         plugin_dirty, self._plugin_dirty = self._plugin_dirty, False
         restarted, self._kubelet_restarted = self._kubelet_restarted, False
         reregister, self._reregister = self._reregister, False
-        dev_dirty, self._dev_dirty = self._dev_dirty, False
+        reasons, self._rescan_reasons = self._rescan_reasons, set()
         if config_dirty and self._reload_config():
-            dev_dirty = True
+            reasons.add("config")
         if plugin_dirty:
             await self.reconciler.resync_sockets(restarted)
-        if dev_dirty:
-            await self._rescan("hotplug")
+        if reasons:
+            await self._rescan(main_reason(reasons))
         if reregister:
             self.reconciler.reregister_all()
 
@@ -243,7 +258,7 @@ class Daemon:
             self._timer = None
         if due is not None:
             loop = asyncio.get_running_loop()
-            self._timer = loop.call_at(due + 0.001, self.dev_changed)
+            self._timer = loop.call_at(due + 0.001, self._removal_due)
 
     # --- read-only views --------------------------------------------------------------
     def _registered(self, registration: Registration, ok: bool) -> None:
