@@ -72,7 +72,7 @@ async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: f
         await asyncio.sleep(0.02)
 
 
-REASONS = ("start", "overflow", "sighup", "config", "grace", "hotplug")
+REASONS = ("start", "overflow", "sighup", "config", "retry", "grace", "hotplug")
 
 
 async def rescans(port: int) -> dict[str, float]:
@@ -214,3 +214,42 @@ def test_rescans_and_hotplug_events_are_counted_by_cause(node: Node) -> None:
 
     run(scenario())
     assert "withdrew smarter-devices/ttyUSB0: gone for 1s" in node.procs[0].log
+
+
+def test_a_socket_that_cannot_be_served_is_retried_and_shown(node: Node) -> None:
+    """A stranger's file holds one resource's socket name, so serving it fails. Removing
+    the file raises no event the daemon acts on: only its own retry can bring it."""
+    mkdev(node.dev / "ttyUSB0", major=188)
+    mkdev(node.dev / "ttyUSB1", major=188, minor=1)
+    node.write_config(TTY)
+    stranger = node.plugins / "smarter-ttyUSB1.sock"
+    stranger.write_text("not a socket")
+
+    async def scenario() -> None:
+        kubelet = KubeletStandin(str(node.plugins))
+        await kubelet.start()  # it deletes sockets only, as the kubelet does: the file stays
+        port = await listener_port(node.start("--http-address", "127.0.0.1:0"))
+        await kubelet.wait_for(lambda: kubelet.healthy("smarter-devices/ttyUSB0") == 2)
+
+        async def failing() -> bool:
+            status, body = await aget(port, "/readyz")
+            _, text = await aget(port, "/metrics")
+            return (status == 503 and "changes not applied" in body
+                    and "smarter-devices/ttyUSB1" not in kubelet.plugins
+                    and metric(text, "rescan_failing") == 1
+                    and metric(text, "rescan_failures_total", "", 0) >= 1)
+        await eventually(failing, "/readyz and /metrics show the failure")
+        _, body = await aget(port, "/readyz")
+        assert "ttyUSB1: cannot serve on" in body and "retrying in" in body
+
+        stranger.unlink()
+        await kubelet.wait_for(lambda: kubelet.healthy("smarter-devices/ttyUSB1") == 2)
+
+        async def recovered() -> bool:
+            _, text = await aget(port, "/metrics")
+            return (await aget(port, "/readyz"))[0] == 200 and metric(text, "rescan_failing") == 0
+        await eventually(recovered, "/readyz and /metrics recover")
+        await kubelet.stop()
+
+    run(scenario())
+    assert "changes not applied: ttyUSB1: cannot serve on" in node.procs[0].log

@@ -1,0 +1,109 @@
+"""The daemon in-process: a change whose work fails is kept and retried with backoff,
+without waiting for another event, and the failure shows in /readyz and /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import mkdev, needs_root
+
+from smarter_device_manager import daemon as daemon_module
+from smarter_device_manager.config import parse_config
+from smarter_device_manager.daemon import Daemon, Settings
+from smarter_device_manager.discovery import Inventory
+from smarter_device_manager.discovery import discover as real_discover
+
+pytestmark = needs_root
+
+TTY = "- devicematch: ^ttyUSB[0-9]+$\n  nummaxdevices: 2\n"
+
+
+def settings(tmp_path: Path) -> Settings:
+    for name in ("dev", "plugins"):
+        (tmp_path / name).mkdir(exist_ok=True)
+    dev = str(tmp_path / "dev")
+    return Settings(config_path=None, config_watch_dir=None, dev_dir=dev, host_dev_dir=dev,
+                    plugin_dir=str(tmp_path / "plugins"), prefix="smarter-devices",
+                    removal_grace=300)
+
+
+async def until(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, f"not within {timeout}s: {what}"
+        await asyncio.sleep(0.01)
+
+
+def sample(daemon: Daemon, series: str) -> float:
+    for line in daemon.metrics.render().splitlines():
+        if line.startswith(f"smarter_device_manager_{series} "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def run(coro: Coroutine[Any, Any, None]) -> None:
+    asyncio.run(asyncio.wait_for(coro, 120))
+
+
+def test_a_failed_rescan_keeps_the_change_and_retries_without_another_event(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = False
+    def discover(*args: Any) -> Inventory:
+        if broken:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_discover(*args)
+
+    monkeypatch.setattr(daemon_module, "discover", discover)
+
+    async def scenario() -> None:
+        nonlocal broken
+        daemon = Daemon(settings(tmp_path), parse_config(TTY, "c"))
+        running = asyncio.create_task(daemon.run())
+        await until(lambda: sample(daemon, 'rescans_total{reason="start"}') == 1, "start")
+        broken = True
+        mkdev(tmp_path / "dev" / "ttyUSB0", major=188)  # the one and only event
+        await until(lambda: sample(daemon, "rescan_failures_total") >= 1, "a failed attempt")
+        status, _, body = daemon._readyz()
+        assert status == 503
+        assert "changes not applied" in body and "OSError: [Errno 5] Input/output error" in body
+        assert sample(daemon, "rescan_failing") == 1
+        assert "ttyUSB0" not in daemon.reconciler.running
+
+        broken = False  # mended; no event tells the daemon
+        await until(lambda: "ttyUSB0" in daemon.reconciler.running, "the retry")
+        assert sample(daemon, "rescan_failing") == 0
+        assert sample(daemon, 'rescans_total{reason="retry"}') >= 1
+        assert "changes not applied" not in daemon._readyz()[2]
+        daemon._stop.set()
+        assert await running == 0
+
+    run(scenario())
+
+
+def test_an_unreadable_dev_dir_is_a_failed_rescan_not_an_empty_node(tmp_path: Path) -> None:
+    mkdev(tmp_path / "dev" / "ttyUSB0", major=188)
+
+    async def scenario() -> None:
+        daemon = Daemon(settings(tmp_path), parse_config(TTY, "c"))
+        running = asyncio.create_task(daemon.run())
+        await until(lambda: "ttyUSB0" in daemon.reconciler.running, "start")
+        plugin = daemon.reconciler.running["ttyUSB0"].plugin
+        os.rename(tmp_path / "dev", tmp_path / "away")  # the watch follows it: an event
+        await until(lambda: sample(daemon, "rescan_failures_total") >= 1, "a failed attempt")
+        assert "cannot read /dev/: No such file or directory" in daemon._readyz()[2]
+        assert plugin.healthy, "an unreadable dev dir does not make its devices vanish"
+        assert daemon.reconciler.running["ttyUSB0"].vanished_since is None
+        os.rename(tmp_path / "away", tmp_path / "dev")
+        await until(lambda: sample(daemon, "rescan_failing") == 0, "recovery")
+        assert plugin.healthy and daemon.reconciler.running["ttyUSB0"].plugin is plugin
+        daemon._stop.set()
+        assert await running == 0
+
+    run(scenario())
