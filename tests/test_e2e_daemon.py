@@ -213,6 +213,36 @@ def test_kubelet_restart_reregisters_everything_within_a_second(node: Node) -> N
     run(scenario())
 
 
+def test_kubelet_sock_recreated_while_our_sockets_survive_reregisters_everything(node: Node) -> None:
+    """Only kubelet.sock tells the daemon the kubelet restarted: it must register every
+    resource again on the sockets it still serves (no socket is lost to trigger it)."""
+    make_devices(node.dev)
+    node.write_config(CONFIG)
+
+    def our_sockets() -> dict[str, int]:
+        return {p.name: p.stat().st_ino for p in node.plugins.iterdir() if p.name != "kubelet.sock"}
+
+    async def scenario() -> None:
+        kubelet = await started(node)
+        sockets = our_sockets()
+        assert len(sockets) == len(EXPECTED)
+        before = len(kubelet.register_requests)
+        await kubelet.restart(delete_sockets=False)
+        assert not any(s.streaming for s in kubelet.plugins.values()), "the old streams died"
+
+        def reregistered() -> bool:
+            names = {r.resource_name for r in kubelet.register_requests[before:]}
+            return names == set(EXPECTED) and all_streaming(kubelet, EXPECTED)
+
+        await kubelet.wait_for(reregistered)
+        assert our_sockets() == sockets, "the same sockets, not new ones"
+        assert {r.endpoint for r in kubelet.register_requests[before:]} == set(sockets)
+        await kubelet.stop()
+
+    run(scenario())
+    assert "kubelet.sock was created" in node.procs[0].log
+
+
 def test_our_socket_deleted_is_served_again_and_reregistered(node: Node) -> None:
     make_devices(node.dev)
     node.write_config(CONFIG)

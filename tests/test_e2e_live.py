@@ -77,6 +77,7 @@ def test_vanished_device_is_withdrawn_after_the_grace(node: Node) -> None:
         socket = node.plugins / "smarter-ttyUSB1.sock"
         assert socket.exists()
         await kubelet.wait_for(lambda: not kubelet.plugins[P + "ttyUSB1"].streaming, timeout=3)
+        assert kubelet.plugins[P + "ttyUSB1"].ended == "ok", "withdrawn: the stream ends cleanly"
         for _ in range(50):
             if not socket.exists():
                 break
@@ -290,9 +291,11 @@ def test_configmap_update_is_applied_and_untouched_resources_keep_their_stream(n
         await kubelet.wait_for(lambda: kubelet.healthy(P + "ttyUSB0") == 5, timeout=2)
         assert kubelet.plugins[P + "ttyUSB0"] is tty_state
 
-        # drop the fuse rule: withdrawn at once, no grace (it did not vanish)
+        # drop the fuse rule: withdrawn at once, no grace (it did not vanish), and its
+        # stream ended by the plugin with status OK, not reset or cut off
         configmap_swap(config_dir, TTY, 4)
         await kubelet.wait_for(lambda: not kubelet.plugins[P + "fuse"].streaming, timeout=2)
+        assert kubelet.plugins[P + "fuse"].ended == "ok"
         assert not (node.plugins / "smarter-fuse.sock").exists()
         await kubelet.stop()
 
