@@ -28,6 +28,7 @@ KNOWN_KEYS = ("devicematch", "nummaxdevices")
 MAX_DEVICES = 1000
 
 _INT_TAG = "tag:yaml.org,2002:int"
+_DECIMAL = re.compile(r"-?(?:0|[1-9][0-9]*)")  # no leading zeros, signs, bases, separators
 _STR_TAG = "tag:yaml.org,2002:str"
 
 
@@ -195,6 +196,12 @@ def _parse_count(node: yaml.Node, index: int, out: _Collector) -> int | None:
                   f"got {shown!r}; write e.g. nummaxdevices: 10")
         return None
     value = yaml.SafeLoader("").construct_yaml_int(node)
+    if not _DECIMAL.fullmatch(node.value):
+        # YAML 1.1 (PyYAML) reads 010 as octal 8, 1:30 as base 60 (90), and also takes
+        # 0x10, 0b10, 1_000 and +5: a count nobody meant. Plain decimal digits only.
+        out.error(line, index, f"'nummaxdevices' must be written in plain decimal digits, got "
+                  f"{node.value!r} (YAML reads it as {value}); write e.g. nummaxdevices: 10")
+        return None
     if value < 0:
         out.error(line, index, f"'nummaxdevices' is {value}; it must be 0 or more "
                   "(0 advertises the device with capacity 0)")
