@@ -212,8 +212,9 @@ class KubeletStandin:
         async with self._changed:
             self._changed.notify_all()
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-        """Wait until ``predicate()`` holds, woken by every state change."""
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+        """Wait until ``predicate()`` holds, woken by every state change. The default
+        deadline is generous: it only bounds how long a failing test takes."""
         async def waiter() -> None:
             async with self._changed:
                 await self._changed.wait_for(predicate)
