@@ -169,7 +169,7 @@ class _Walk:
         try:
             mode = os.stat(link).st_mode
         except OSError as exc:
-            reason = "a symlink loop" if exc.errno == 40 else f"a broken symlink ({exc.strerror})"
+            reason = "a symlink loop" if exc.errno == errno.ELOOP else f"a broken symlink ({exc.strerror})"
             self.problems.append(f"skipped /dev/{rel}: {reason}")
             return None
         real = os.path.realpath(link)
