@@ -1,12 +1,15 @@
 """The daemon in-process: a change whose work fails is kept and retried with backoff,
-without waiting for another event, and the failure shows in /readyz and /metrics."""
+without waiting for another event, and the failure shows in /readyz and /metrics; a
+config reload reads the file once."""
 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import errno
 import os
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +17,10 @@ import pytest
 from conftest import mkdev, needs_root
 
 from smarter_device_manager import daemon as daemon_module
-from smarter_device_manager.config import parse_config
+from smarter_device_manager.config import load_config, parse_config
 from smarter_device_manager.daemon import Daemon, Settings
 from smarter_device_manager.discovery import Inventory
 from smarter_device_manager.discovery import discover as real_discover
-
-pytestmark = needs_root
 
 TTY = "- devicematch: ^ttyUSB[0-9]+$\n  nummaxdevices: 2\n"
 
@@ -52,6 +53,7 @@ def run(coro: Coroutine[Any, Any, None]) -> None:
     asyncio.run(asyncio.wait_for(coro, 120))
 
 
+@needs_root
 def test_a_failed_rescan_keeps_the_change_and_retries_without_another_event(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     broken = False
@@ -87,6 +89,7 @@ def test_a_failed_rescan_keeps_the_change_and_retries_without_another_event(
     run(scenario())
 
 
+@needs_root
 def test_an_unreadable_dev_dir_is_a_failed_rescan_not_an_empty_node(tmp_path: Path) -> None:
     mkdev(tmp_path / "dev" / "ttyUSB0", major=188)
 
@@ -107,3 +110,25 @@ def test_an_unreadable_dev_dir_is_a_failed_rescan_not_an_empty_node(tmp_path: Pa
         assert await running == 0
 
     run(scenario())
+
+
+def test_a_config_reload_reads_the_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What is compared with the last config and what is parsed must be the same read."""
+    path = tmp_path / "conf.yaml"
+    path.write_text(TTY)
+    daemon = Daemon(replace(settings(tmp_path), config_path=str(path)), load_config(str(path)))
+    path.write_text(TTY + "- devicematch: ^fuse$\n  nummaxdevices: 3\n")
+    opened: list[object] = []
+    real_open = builtins.open
+
+    def counting_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(file) == str(path):
+            opened.append(file)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    assert daemon._reload_config() is True
+    assert len(opened) == 1
+    assert [r.pattern for r in daemon.config.rules] == ["^ttyUSB[0-9]+$", "^fuse$"]
+    assert daemon._reload_config() is False, "unchanged"
+    assert len(opened) == 2

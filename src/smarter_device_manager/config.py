@@ -234,16 +234,22 @@ def load_config(path: str | None) -> Config:
     if path is None:
         return parse_config(embedded_text(), EMBEDDED_SOURCE)
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+        with open(path, "rb") as handle:
+            data = handle.read()
     except FileNotFoundError:
         raise ConfigError(path, [f"{path}: no such file"]) from None
     except IsADirectoryError:
         raise ConfigError(path, [f"{path}: is a directory, not a config file"]) from None
     except PermissionError:
         raise ConfigError(path, [f"{path}: permission denied"]) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(path, [f"{path}: not UTF-8 text ({exc.reason})"]) from None
     except OSError as exc:
         raise ConfigError(path, [f"{path}: cannot read: {exc.strerror}"]) from None
-    return parse_config(text, path)
+    return parse_config(decode_config(data, path), path)
+
+
+def decode_config(data: bytes, source: str) -> str:
+    """A config file's bytes as text; ``ConfigError`` if they are not UTF-8."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, [f"{source}: not UTF-8 text ({exc.reason})"]) from None

@@ -22,7 +22,7 @@ import signal
 from dataclasses import dataclass
 
 from smarter_device_manager import __version__
-from smarter_device_manager.config import DEFAULT_PATH, Config, ConfigError, load_config
+from smarter_device_manager.config import DEFAULT_PATH, Config, ConfigError, decode_config, parse_config
 from smarter_device_manager.discovery import discover
 from smarter_device_manager.http import HttpServer
 from smarter_device_manager.metrics import Metrics, Sample
@@ -69,7 +69,7 @@ class Daemon:
         self.settings = settings
         self.config = config
         self.config_error: ConfigError | None = None
-        self._last_config_text = config.text
+        self._last_config_data = config.text.encode("utf-8")
         self.metrics = Metrics()
         self.metrics.collectors.append(self._samples)
         self.registrar = Registrar(settings.plugin_dir, self._registered)
@@ -267,36 +267,41 @@ class Daemon:
                 self._rescan_reasons |= reasons | {"retry"}
 
     def _reload_config(self) -> bool:
-        """Read the config again; True if a new valid one was taken."""
+        """Read the config again; True if a new valid one was taken.
+
+        The file is read once and what was read is what gets parsed: a second read could
+        see another version (a ConfigMap swap, an editor mid-write) than the one compared.
+        """
         path = self.settings.config_path
         if path is None:  # embedded default in use: a config file created later takes over
             if not os.path.isfile(DEFAULT_PATH):
                 return False
             path = DEFAULT_PATH
         try:
-            with open(path, encoding="utf-8") as handle:
-                text = handle.read()
+            with open(path, "rb") as handle:
+                data = handle.read()
         except OSError as exc:
             log.warning("config %s cannot be read (%s); keeping the current rules", path,
                         exc.strerror)
             return False
-        if text == self._last_config_text:
+        if data == self._last_config_data:
             return False
-        if not text.strip():
+        if not data.strip():
             # A zero-byte file is what an editor leaves between truncating and writing;
             # taking it would withdraw every resource. Removing all rules takes '[]'.
             log.warning("config %s is empty; keeping the current rules (write '[]' to remove "
                         "every rule on purpose)", path)
             return False
-        self._last_config_text = text
         try:
-            config = load_config(path)
+            config = parse_config(decode_config(data, path), path)
         except ConfigError as exc:
+            self._last_config_data = data
             self.config_error = exc
             self.metrics.inc("config_reloads_total", result="rejected")
             log.error("config %s rejected; still serving the last good config (%s):\n  %s",
                       path, self.config.source, "\n  ".join(exc.problems))
             return False
+        self._last_config_data = data
         self.config, self.config_error = config, None
         self.metrics.inc("config_reloads_total", result="applied")
         log.info("config %s reloaded: %d rules", path, len(config.rules))
