@@ -104,3 +104,22 @@ def test_variables_are_case_insensitive_like_the_flags(valid: dict[str, str]) ->
     assert result.returncode == 2
     assert "argument --http-address (set by SDM_HTTP_ADDRESS)" in result.stderr
     assert "--log-level" not in result.stderr.splitlines()[-1]
+
+
+def test_serve_resolves_the_config_path_once(valid: dict[str, str]) -> None:
+    """Whether the default config exists is decided once: the path logged is the path read."""
+    Path(valid["--config"]).write_text("- devicematc: x\n")  # invalid: serve stops after loading
+    code = ("import sys\n"
+            "import smarter_device_manager.cli as cli\n"
+            "calls = []\n"
+            "real = cli._resolve_config\n"
+            "cli._resolve_config = lambda explicit: calls.append(explicit) or real(explicit)\n"
+            "code = cli.main(sys.argv[1:])\n"
+            "print(code, len(calls))\n")
+    result = subprocess.run([sys.executable, "-c", code, "serve", *valid_args(valid)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.stdout.split() == ["2", "1"], result.stderr
+
+
+def valid_args(valid: dict[str, str]) -> list[str]:
+    return [arg for option, value in valid.items() for arg in (option, value)]

@@ -253,10 +253,10 @@ def _check_config(path: str) -> int:
     return 0
 
 
-def _load_or_exit(explicit: str | None) -> Any:
+def _load_or_exit(path: str | None) -> Any:
+    """Load the config at ``path`` (None: the embedded one), as _resolve_config chose it."""
     from smarter_device_manager.config import ConfigError, load_config
 
-    path, _ = _resolve_config(explicit)
     try:
         return load_config(path)
     except ConfigError as exc:
@@ -268,7 +268,7 @@ def _load_or_exit(explicit: str | None) -> Any:
 def _list(args: argparse.Namespace) -> int:
     from smarter_device_manager.discovery import discover
 
-    config = _load_or_exit(args.config)
+    config = _load_or_exit(_resolve_config(args.config)[0])
     if config is None:
         return EXIT_USAGE
     inventory = discover(args.dev_dir, config, args.resource_prefix)
@@ -308,10 +308,12 @@ def _serve(args: argparse.Namespace) -> int:
     from smarter_device_manager.daemon import Daemon, Settings
 
     log = logging.getLogger("smarter_device_manager")
+    # Resolved once: whether the default file exists must not change between the decision
+    # and the read (a daemon told "embedded" while reading the file, or the reverse).
     path, why = _resolve_config(args.config)
     if path is None:
         log.info("using the embedded default config (%s)", why)
-    config = _load_or_exit(args.config)
+    config = _load_or_exit(path)
     if config is None:
         log.error("not starting: the config is invalid (see above); check it with "
                   "'smarter-device-manager check-config PATH'")
