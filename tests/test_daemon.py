@@ -132,3 +132,25 @@ def test_a_config_reload_reads_the_file_once(tmp_path: Path, monkeypatch: pytest
     assert [r.pattern for r in daemon.config.rules] == ["^ttyUSB[0-9]+$", "^fuse$"]
     assert daemon._reload_config() is False, "unchanged"
     assert len(opened) == 2
+
+
+@needs_root
+def test_a_resource_that_cannot_be_served_and_goes_away_stops_the_retries(tmp_path: Path) -> None:
+    mkdev(tmp_path / "dev" / "ttyUSB0", major=188)
+    setup = settings(tmp_path)
+    (tmp_path / "plugins" / "smarter-ttyUSB0.sock").mkdir()  # a stranger holds its socket name
+
+    async def scenario() -> None:
+        daemon = Daemon(setup, parse_config(TTY, "c"))
+        running = asyncio.create_task(daemon.run())
+        await until(lambda: sample(daemon, "rescan_failures_total") >= 1, "a failed attempt")
+        assert "ttyUSB0: cannot serve on" in daemon._readyz()[2]
+        (tmp_path / "dev" / "ttyUSB0").unlink()  # not wanted any more
+        await until(lambda: sample(daemon, "rescan_failing") == 0, "no failure left")
+        body = daemon._readyz()[2]  # still 503: there is no kubelet here
+        assert "cannot serve" not in body and "changes not applied" not in body
+        assert daemon.reconciler.start_errors == {}
+        daemon._stop.set()
+        assert await running == 0
+
+    run(scenario())
