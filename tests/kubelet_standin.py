@@ -13,6 +13,14 @@ Modelled on the facts in shared/reference/kubelet-device-plugin-api.md:
 * a second Register for the same resource replaces the first endpoint;
 * ``restart()`` is a kubelet restart: streams die, sockets are deleted,
   ``kubelet.sock`` is created again. The kubelet never reconnects on its own.
+  ``restart(delete_sockets=False)`` recreates ``kubelet.sock`` while the
+  plugins' sockets survive (a kubelet whose clean-up did not run, or a socket
+  recreated by hand): a plugin must notice ``kubelet.sock`` alone and register
+  again on the sockets it still has.
+
+It records how each ListAndWatch stream ended (``PluginState.ended``): ``"ok"``
+for the plugin ending it with status OK, the error for a reset or a lost
+connection, ``"dropped"`` when the stand-in itself closed it.
 
 Used by the end-to-end tests and by ``bench/run.py``.
 """
@@ -31,6 +39,7 @@ import deviceplugin_pb2 as pb  # the real protobuf runtime, generated from our .
 from deviceplugin_grpc import DevicePluginStub, RegistrationBase
 from grpclib import GRPCError, Status
 from grpclib.client import Channel
+from grpclib.exceptions import StreamTerminatedError
 from grpclib.server import Server, Stream
 
 _QUALIFIED_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
@@ -63,6 +72,7 @@ class PluginState:
     devices: dict[str, str] = field(default_factory=dict)
     updates: list[Update] = field(default_factory=list)
     streaming: bool = False
+    ended: str | None = None  # how the stream ended: "ok", "dropped" or the error
     task: asyncio.Task[None] | None = None
     registered_at: float = 0.0
 
@@ -95,9 +105,9 @@ class KubeletStandin:
         self._changed = asyncio.Condition()
 
     # --- lifecycle ------------------------------------------------------------------
-    async def start(self) -> None:
+    async def start(self, delete_sockets: bool = True) -> None:
         os.makedirs(self.plugin_dir, exist_ok=True)
-        for name in os.listdir(self.plugin_dir):
+        for name in os.listdir(self.plugin_dir) if delete_sockets else ():
             path = os.path.join(self.plugin_dir, name)
             if stat.S_ISSOCK(os.lstat(path).st_mode):
                 os.unlink(path)
@@ -117,9 +127,9 @@ class KubeletStandin:
             await self._drop(state)
         await self._notify()
 
-    async def restart(self) -> None:
+    async def restart(self, delete_sockets: bool = True) -> None:
         await self.stop()
-        await self.start()
+        await self.start(delete_sockets)
 
     # --- Registration ---------------------------------------------------------------
     async def register(self, request: pb.RegisterRequest) -> None:
@@ -172,8 +182,11 @@ class KubeletStandin:
                     self.messages_received += 1
                     state.updates.append(Update(time.monotonic(), dict(state.devices)))
                     await self._notify()
-        except (GRPCError, OSError, asyncio.CancelledError):
-            pass
+            state.ended = "ok"  # leaving the block awaited the trailers: status OK
+        except asyncio.CancelledError:
+            state.ended = "dropped"
+        except (GRPCError, StreamTerminatedError, OSError) as exc:
+            state.ended = f"{type(exc).__name__}: {exc}"
         finally:
             # Like the kubelet: a plugin whose stream ended is disconnected; only a new
             # Register brings it back.
@@ -208,8 +221,9 @@ class KubeletStandin:
         async with self._changed:
             self._changed.notify_all()
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-        """Wait until ``predicate()`` holds, woken by every state change."""
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+        """Wait until ``predicate()`` holds, woken by every state change. The default
+        deadline is generous: it only bounds how long a failing test takes."""
         async def waiter() -> None:
             async with self._changed:
                 await self._changed.wait_for(predicate)

@@ -77,6 +77,27 @@ def test_bad_counts(value: str, expected: str) -> None:
     assert expected in problem
 
 
+@pytest.mark.parametrize(("value", "read_as"), [
+    ("010", 8), ("1:30", 90), ("0x10", 16), ("0b11", 3), ("0o7", None), ("1_000", 1000),
+    ("+5", 5), ("00", 0), ("-010", -8),
+])
+def test_only_plain_decimal_counts(value: str, read_as: int | None) -> None:
+    """YAML 1.1 integers that are not what they look like: never a silent surprise."""
+    [problem] = errors(f"- devicematch: ^a$\n  nummaxdevices: {value}\n")
+    assert problem.startswith("conf.yaml:2: rule 1: 'nummaxdevices' ")
+    if read_as is None:  # not an int at all in YAML 1.1: the usual message
+        assert f"got '{value}'" in problem
+    else:
+        assert f"must be written in plain decimal digits, got '{value}' (YAML reads it as " \
+            f"{read_as}); write e.g. nummaxdevices: 10" in problem
+
+
+@pytest.mark.parametrize("value", ["0", "7", "10", "1000"])
+def test_plain_decimal_counts(value: str) -> None:
+    [rule] = parse_config(f"- devicematch: ^a$\n  nummaxdevices: {value}\n", "c").rules
+    assert rule.count == int(value)
+
+
 def test_count_bounds_are_inclusive() -> None:
     text = f"- {{devicematch: a, nummaxdevices: 0}}\n- {{devicematch: b, nummaxdevices: {MAX_DEVICES}}}"
     assert [r.count for r in parse_config(text, "c").rules] == [0, MAX_DEVICES]

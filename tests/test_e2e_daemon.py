@@ -1,18 +1,21 @@
-"""The daemon as a black box: a subprocess, real unix sockets, the kubelet stand-in."""
+"""The daemon as a black box: a subprocess, real unix sockets, the kubelet stand-in.
+
+Every step waits for a condition (conftest.DEADLINE); none asserts how long it took: the
+latency targets (start, kubelet restart, SIGTERM) are measured by bench/run.py.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
-import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 import deviceplugin_pb2 as pb
 import pytest
-from conftest import Node, mkdev, needs_root
+from conftest import DEADLINE, Node, mkdev, needs_root
 from grpclib import GRPCError, Status
 from kubelet_standin import KubeletStandin
 
@@ -35,7 +38,8 @@ CONFIG = """\
 VIDEO = "smarter-devices/video0"
 
 
-def run(coro: Coroutine[Any, Any, None], timeout: float = 60) -> None:
+def run(coro: Coroutine[Any, Any, None], timeout: float = 300) -> None:
+    """Run a scenario; ``timeout`` only stops one that hangs (each wait has its own deadline)."""
     asyncio.run(asyncio.wait_for(coro, timeout))
 
 
@@ -144,6 +148,9 @@ def test_allocate_refuses_a_node_replaced_by_a_regular_file(node: Node) -> None:
         try:
             with pytest.raises(GRPCError) as error:
                 task = asyncio.create_task(kubelet.allocate(VIDEO, ["0"]))
+                # Give the request a moment to reach the stopped daemon. Not a timing
+                # assumption: if it arrives after the rescan, the answer is the same refusal
+                # (the device is gone); Allocate's own check is tested in test_allocate.py.
                 await asyncio.sleep(0.05)
                 node.procs[0].signal(signal.SIGCONT)
                 await task
@@ -180,22 +187,19 @@ def test_waits_for_the_kubelet_then_registers(node: Node) -> None:
     node.write_config(CONFIG)
     proc = node.start()
     proc.wait_log("waiting for the kubelet")
-    time.sleep(0.3)
-    assert proc.popen.poll() is None, "must not crash without a kubelet"
 
     async def scenario() -> None:
         kubelet = KubeletStandin(str(node.plugins))
         # the real kubelet deletes every socket first: our sockets vanish too
         await kubelet.start()
-        t0 = time.monotonic()
         await kubelet.wait_for(lambda: all_streaming(kubelet, EXPECTED))
-        assert time.monotonic() - t0 < 1.5
         await kubelet.stop()
 
     run(scenario())
+    assert proc.popen.poll() is None, "it waited, serving, and did not exit without a kubelet"
 
 
-def test_kubelet_restart_reregisters_everything_within_a_second(node: Node) -> None:
+def test_kubelet_restart_reregisters_everything(node: Node) -> None:
     make_devices(node.dev)
     node.write_config(CONFIG)
 
@@ -204,13 +208,41 @@ def test_kubelet_restart_reregisters_everything_within_a_second(node: Node) -> N
         before = len(kubelet.register_requests)
         for _ in range(2):
             await kubelet.restart()
-            t0 = time.monotonic()
-            await kubelet.wait_for(lambda: all_streaming(kubelet, EXPECTED), timeout=3)
-            assert time.monotonic() - t0 < 1.0
+            await kubelet.wait_for(lambda: all_streaming(kubelet, EXPECTED))
         assert len(kubelet.register_requests) >= before + 2 * len(EXPECTED)
         await kubelet.stop()
 
     run(scenario())
+
+
+def test_kubelet_sock_recreated_while_our_sockets_survive_reregisters_everything(node: Node) -> None:
+    """Only kubelet.sock tells the daemon the kubelet restarted: it must register every
+    resource again on the sockets it still serves (no socket is lost to trigger it)."""
+    make_devices(node.dev)
+    node.write_config(CONFIG)
+
+    def our_sockets() -> dict[str, int]:
+        return {p.name: p.stat().st_ino for p in node.plugins.iterdir() if p.name != "kubelet.sock"}
+
+    async def scenario() -> None:
+        kubelet = await started(node)
+        sockets = our_sockets()
+        assert len(sockets) == len(EXPECTED)
+        before = len(kubelet.register_requests)
+        await kubelet.restart(delete_sockets=False)
+        assert not any(s.streaming for s in kubelet.plugins.values()), "the old streams died"
+
+        def reregistered() -> bool:
+            names = {r.resource_name for r in kubelet.register_requests[before:]}
+            return names == set(EXPECTED) and all_streaming(kubelet, EXPECTED)
+
+        await kubelet.wait_for(reregistered)
+        assert our_sockets() == sockets, "the same sockets, not new ones"
+        assert {r.endpoint for r in kubelet.register_requests[before:]} == set(sockets)
+        await kubelet.stop()
+
+    run(scenario())
+    assert "kubelet.sock was created" in node.procs[0].log
 
 
 def test_our_socket_deleted_is_served_again_and_reregistered(node: Node) -> None:
@@ -223,7 +255,7 @@ def test_our_socket_deleted_is_served_again_and_reregistered(node: Node) -> None
         (node.plugins / "smarter-video0.sock").unlink()
         await kubelet.wait_for(
             lambda: sum(r.resource_name == VIDEO for r in kubelet.register_requests) > count
-            and kubelet.healthy(VIDEO) == 3, timeout=2)
+            and kubelet.healthy(VIDEO) == 3)
         assert (node.plugins / "smarter-video0.sock").is_socket()
         response = await kubelet.allocate(VIDEO, ["0"])
         assert response.container_responses[0].devices[0].container_path == "/dev/video0"
@@ -251,8 +283,8 @@ def test_failed_registration_is_retried_for_that_resource_alone(node: Node) -> N
         await kubelet.start()
         node.start()
         others = {k: v for k, v in EXPECTED.items() if k != VIDEO}
-        await kubelet.wait_for(lambda: all_streaming(kubelet, others), timeout=3)
-        await kubelet.wait_for(lambda: kubelet.healthy(VIDEO) == 3, timeout=6)
+        await kubelet.wait_for(lambda: all_streaming(kubelet, others))
+        await kubelet.wait_for(lambda: kubelet.healthy(VIDEO) == 3)
         assert failures["left"] == 0
         await kubelet.stop()
 
@@ -270,7 +302,7 @@ def test_sighup_registers_again(node: Node) -> None:
         before = len(kubelet.register_requests)
         node.procs[0].signal(signal.SIGHUP)
         await kubelet.wait_for(
-            lambda: len(kubelet.register_requests) >= before + len(EXPECTED), timeout=2)
+            lambda: len(kubelet.register_requests) >= before + len(EXPECTED))
         await kubelet.wait_for(lambda: all_streaming(kubelet, EXPECTED))
         await kubelet.stop()
 
@@ -285,11 +317,9 @@ def test_signal_stops_cleanly_and_removes_sockets(node: Node, sig: int) -> None:
     async def scenario() -> None:
         kubelet = await started(node)
         proc = node.procs[0]
-        t0 = time.monotonic()
         proc.signal(sig)
-        code = await asyncio.get_running_loop().run_in_executor(None, proc.popen.wait, 5)
+        code = await asyncio.get_running_loop().run_in_executor(None, proc.popen.wait, DEADLINE)
         assert code == 0
-        assert time.monotonic() - t0 < 2.0
         assert sorted(os.listdir(node.plugins)) == ["kubelet.sock"]
         await kubelet.wait_for(lambda: all(kubelet.healthy(n) == 0 for n in EXPECTED))
         assert all(kubelet.capacity(n) == c for n, c in EXPECTED.items())
@@ -316,14 +346,14 @@ def test_bad_names_are_reported_and_the_rest_still_works(node: Node) -> None:
 def test_invalid_config_at_start_exits_2_with_the_errors(node: Node) -> None:
     node.write_config("- devicematc: ^video0$\n  nummaxdevices: 1\n")
     proc = node.start()
-    assert proc.popen.wait(10) == 2
+    assert proc.popen.wait(DEADLINE) == 2
     assert "conf.yaml:1: rule 1: unknown key 'devicematc'; did you mean 'devicematch'?" in proc.log
     assert "Traceback" not in proc.log
 
 
 def test_missing_explicit_config_is_an_error(node: Node) -> None:
     proc = node.start()  # node.config was never written
-    assert proc.popen.wait(10) == 2
+    assert proc.popen.wait(DEADLINE) == 2
     assert "no such file" in proc.log
 
 
@@ -378,5 +408,5 @@ def test_bad_directories_and_commands_fail_clearly(node: Node) -> None:
     ]
     for argv, code, message in cases:
         proc = node.start(args=argv)
-        assert proc.popen.wait(10) == code, (argv, proc.log)
+        assert proc.popen.wait(DEADLINE) == code, (argv, proc.log)
         assert message in proc.log and "Traceback" not in proc.log, proc.log

@@ -1,7 +1,9 @@
 """Command line: ``serve`` (the default), ``list`` and ``check-config``.
 
 Every ``serve`` option can also come from an environment variable
-``SDM_<OPTION>`` so a DaemonSet can set it without rewriting args. ``list``
+``SDM_<OPTION>`` so a DaemonSet can set it without rewriting args; a value
+from a variable is checked by the same function as the flag's, and a bad one
+is the same usage error (exit 2). ``list``
 and ``check-config`` reuse config and discovery unchanged: what ``list``
 prints is what ``serve`` advertises.
 """
@@ -12,6 +14,8 @@ import argparse
 import os
 import re
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from smarter_device_manager import __version__
@@ -31,8 +35,57 @@ class _Formatter(argparse.HelpFormatter):
         super().__init__(prog, width=100)
 
 
-def _env(option: str, default: Any = None) -> Any:
-    return os.environ.get("SDM_" + option.upper().replace("-", "_"), default)
+_UNSET: Any = object()  # an option's value when its flag was not given
+
+
+@dataclass(frozen=True)
+class _EnvOption:
+    flag: str
+    variable: str
+    convert: Callable[[str], Any]
+    default: Any
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose options may also come from ``SDM_*`` variables.
+
+    Why not argparse's ``default=os.environ.get(...)``: argparse converts a string
+    default with ``type`` but never checks it against ``choices``, and its errors
+    name only the flag. Here a variable's value goes through the very function
+    that checks the flag, and a bad one is the same usage error (exit 2), naming
+    the option and the variable.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(**kwargs)
+        self.env_options: list[_EnvOption] = []
+        self.commands: dict[str, _Parser] = {}  # subcommand parsers, by name
+
+    def add_env_option(self, flag: str, convert: Callable[[str], Any], default: Any,
+                       help: str, metavar: str | None = None, **extra: Any) -> None:
+        variable = "SDM_" + flag.removeprefix("--").upper().replace("-", "_")
+        self.add_argument(flag, type=convert, default=_UNSET, metavar=metavar,
+                          help=f"{help} [{variable}]", **extra)
+        self.env_options.append(_EnvOption(flag, variable, convert, default))
+
+    def take_env(self, args: argparse.Namespace) -> None:
+        """Fill the options not given as flags from their variables, else their defaults."""
+        for option in self.env_options:
+            dest = option.flag.removeprefix("--").replace("-", "_")
+            if getattr(args, dest) is not _UNSET:
+                continue  # the command line wins
+            text = os.environ.get(option.variable)
+            source = f"set by {option.variable}"
+            if text is None:
+                if not isinstance(option.default, str):
+                    setattr(args, dest, option.default)
+                    continue
+                text, source = option.default, "default"
+            try:
+                setattr(args, dest, option.convert(text))
+            except argparse.ArgumentTypeError as exc:
+                self.error(f"argument {option.flag} ({source}): {exc}")
 
 
 def parse_duration(text: str) -> float:
@@ -62,67 +115,114 @@ def _prefix(text: str) -> str:
     return text
 
 
-def _discovery_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=_env("config"),
-                        help=f"rules file (default {DEFAULT_CONFIG}, or the embedded default "
-                        "config when that file does not exist) [SDM_CONFIG]")
-    parser.add_argument("--dev-dir", default=_env("dev-dir", "/dev"),
-                        help="where to look for devices (default /dev) [SDM_DEV_DIR]")
-    parser.add_argument("--resource-prefix", type=_prefix,
-                        default=_env("resource-prefix", DEFAULT_PREFIX),
-                        help=f"resource name domain (default {DEFAULT_PREFIX}) "
-                        "[SDM_RESOURCE_PREFIX]")
-    parser.add_argument("--sys-dir", default=_env("sys-dir", "/sys"),
-                        help="the sysfs root that attribute rules, pools and nvidia-gpu read "
-                        "(default /sys) [SDM_SYS_DIR]")
-    parser.add_argument("--pass-device-specs", action="store_true",
-                        default=_env("pass-device-specs", "false").lower() in ("1", "true", "yes"),
-                        help="nvidia-gpu: also hand over /dev/nvidiactl, nvidia-uvm, nvidia-uvm-tools and "
-                        "nvidia-modeset, as the original's -pass-device-specs did [SDM_PASS_DEVICE_SPECS]")
+def _choice(*choices: str) -> Callable[[str], str]:
+    def convert(text: str) -> str:
+        if text.lower() not in choices:
+            raise argparse.ArgumentTypeError(
+                f"invalid choice {text!r}; choose from {', '.join(choices)}")
+        return text.lower()
+
+    return convert
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="smarter-device-manager", formatter_class=_Formatter,
+def _config_path(text: str) -> str | None:
+    """An explicit config file must exist; empty means not given (default path or embedded)."""
+    if not text:
+        return None
+    if not os.path.exists(text):
+        raise argparse.ArgumentTypeError(f"config file {text!r}: no such file")
+    return text
+
+
+def _dev_dir(text: str) -> str:
+    if not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"dev dir {text!r} is not a directory")
+    return text
+
+
+def _absolute(what: str) -> Callable[[str], str | None]:
+    def convert(text: str) -> str | None:
+        if not text:
+            return None
+        if not os.path.isabs(text):
+            raise argparse.ArgumentTypeError(f"{what} {text!r} must be an absolute path")
+        return text
+
+    return convert
+
+
+def _plugin_dir(text: str) -> str:
+    path = _absolute("plugin dir")(text)
+    if path is None:
+        raise argparse.ArgumentTypeError("plugin dir must not be empty")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"plugin dir {path!r} is not a directory")
+    return path
+
+
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean; use true or false")
+
+
+def _discovery_options(parser: _Parser) -> None:
+    parser.add_env_option("--config", _config_path, None, metavar="PATH",
+                          help=f"rules file (default {DEFAULT_CONFIG}, or the embedded default "
+                          "config when that file does not exist)")
+    parser.add_env_option("--dev-dir", _dev_dir, "/dev", metavar="DIR",
+                          help="where to look for devices (default /dev)")
+    parser.add_env_option("--resource-prefix", _prefix, DEFAULT_PREFIX, metavar="NAME",
+                          help=f"resource name domain (default {DEFAULT_PREFIX})")
+    parser.add_env_option("--sys-dir", _absolute("sys dir"), "/sys", metavar="DIR",
+                          help="the sysfs root that attribute rules, name templates, pools and "
+                          "nvidia-gpu read (default /sys)")
+    parser.add_env_option("--pass-device-specs", _boolean, "false", metavar="BOOL", nargs="?",
+                          const="true",
+                          help="nvidia-gpu: also hand over /dev/nvidiactl, nvidia-uvm, nvidia-uvm-tools "
+                          "and nvidia-modeset where they exist, as the original's -pass-device-specs did")
+
+
+def build_parser() -> _Parser:
+    parser = _Parser(
+        prog="smarter-device-manager",
         description="Kubernetes device plugin: advertises /dev nodes matched by rules as "
         "extended resources and hands them to containers.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{serve,list,check-config}")
 
-    serve = sub.add_parser("serve", help="run the device plugin (the default)",
-                           formatter_class=_Formatter)
+    serve = sub.add_parser("serve", help="run the device plugin (the default)")
     _discovery_options(serve)
-    serve.add_argument("--host-dev-dir", default=_env("host-dev-dir"),
-                       help="where --dev-dir is on the node, if mounted elsewhere "
-                       "(default: same as --dev-dir) [SDM_HOST_DEV_DIR]")
-    serve.add_argument("--plugin-dir", default=_env("plugin-dir", DEFAULT_PLUGIN_DIR),
-                       help=f"kubelet device plugin dir (default {DEFAULT_PLUGIN_DIR}) "
-                       "[SDM_PLUGIN_DIR]")
-    serve.add_argument("--log-level", default=_env("log-level", "info"),
-                       choices=["debug", "info", "warning", "error"], type=str.lower,
-                       help="[SDM_LOG_LEVEL]")
-    serve.add_argument("--log-format", default=_env("log-format", "text"),
-                       choices=["text", "json"], help="[SDM_LOG_FORMAT]")
-    serve.add_argument("--http-address", type=parse_address,
-                       default=_env("http-address", ""),
-                       help="serve /healthz /readyz /metrics on HOST:PORT (default: off) "
-                       "[SDM_HTTP_ADDRESS]")
-    serve.add_argument("--removal-grace", type=parse_duration,
-                       default=_env("removal-grace", DEFAULT_REMOVAL_GRACE),
-                       help="how long a vanished device stays advertised as Unhealthy before "
-                       "it is withdrawn (default 300s) [SDM_REMOVAL_GRACE]")
+    serve.add_env_option("--host-dev-dir", _absolute("host dev dir"), None, metavar="DIR",
+                         help="where --dev-dir is on the node, if mounted elsewhere "
+                         "(default: same as --dev-dir)")
+    serve.add_env_option("--plugin-dir", _plugin_dir, DEFAULT_PLUGIN_DIR, metavar="DIR",
+                         help=f"kubelet device plugin dir (default {DEFAULT_PLUGIN_DIR})")
+    serve.add_env_option("--log-level", _choice("debug", "info", "warning", "error"), "info",
+                         metavar="{debug,info,warning,error}", help="what to log (default info)")
+    serve.add_env_option("--log-format", _choice("text", "json"), "text",
+                         metavar="{text,json}",
+                         help="log lines as text, or json with one object per line (default text)")
+    serve.add_env_option("--http-address", parse_address, "", metavar="HOST:PORT",
+                         help="serve /healthz /readyz /metrics on HOST:PORT (default: off)")
+    serve.add_env_option("--removal-grace", parse_duration, DEFAULT_REMOVAL_GRACE,
+                         metavar="DURATION",
+                         help="how long a vanished device stays advertised as Unhealthy before "
+                         "it is withdrawn (default 300s)")
 
-    lister = sub.add_parser("list", help="print what this node would advertise, and exit",
-                            formatter_class=_Formatter)
+    lister = sub.add_parser("list", help="print what this node would advertise, and exit")
     _discovery_options(lister)
     lister.add_argument("--output", "-o", choices=["table", "json"], default="table")
     lister.add_argument("--all", action="store_true",
-                        help="also show every device node no rule selects, with its sysfs attributes, "
-                        "to write a rule from")
+                        help="also show every device node no rule selects, with its sysfs "
+                        "attributes, to write a rule from")
 
-    check = sub.add_parser("check-config", help="validate a config file: exit 0 if valid, 2 if not",
-                           formatter_class=_Formatter)
+    check = sub.add_parser("check-config", help="validate a config file: exit 0 if valid, 2 if not")
     check.add_argument("path")
+    parser.commands = {"serve": serve, "list": lister, "check-config": check}
     return parser
 
 
@@ -133,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         args_in.insert(0, "serve")
     parser = build_parser()
     args = parser.parse_args(args_in)
+    command = parser.commands.get(args.command)
+    if command is not None:
+        command.take_env(args)
     try:
         if args.command == "check-config":
             return _check_config(args.path)
@@ -169,10 +272,10 @@ def _check_config(path: str) -> int:
     return 0
 
 
-def _load_or_exit(explicit: str | None) -> Any:
+def _load_or_exit(path: str | None) -> Any:
+    """Load the config at ``path`` (None: the embedded one), as _resolve_config chose it."""
     from smarter_device_manager.config import ConfigError, load_config
 
-    path, _ = _resolve_config(explicit)
     try:
         return load_config(path)
     except ConfigError as exc:
@@ -185,11 +288,8 @@ def _list(args: argparse.Namespace) -> int:
     from smarter_device_manager.discovery import discover
     from smarter_device_manager.listing import describe_inventory, render_table
 
-    config = _load_or_exit(args.config)
+    config = _load_or_exit(_resolve_config(args.config)[0])
     if config is None:
-        return EXIT_USAGE
-    if not os.path.isdir(args.dev_dir):
-        print(f"error: dev dir {args.dev_dir} is not a directory", file=sys.stderr)
         return EXIT_USAGE
     inventory = discover(args.dev_dir, config, args.resource_prefix, args.sys_dir,
                          args.pass_device_specs)
@@ -217,21 +317,20 @@ def _serve(args: argparse.Namespace) -> int:
 
     from smarter_device_manager import logs, lowmem
 
+    logs.setup(args.log_level, args.log_format)  # first: a trim left out is logged as a warning
     lowmem.install()
     from smarter_device_manager.daemon import Daemon, Settings
 
-    logs.setup(args.log_level, args.log_format)
     log = logging.getLogger("smarter_device_manager")
+    # Resolved once: whether the default file exists must not change between the decision
+    # and the read (a daemon told "embedded" while reading the file, or the reverse).
     path, why = _resolve_config(args.config)
     if path is None:
         log.info("using the embedded default config (%s)", why)
-    config = _load_or_exit(args.config)
+    config = _load_or_exit(path)
     if config is None:
         log.error("not starting: the config is invalid (see above); check it with "
                   "'smarter-device-manager check-config PATH'")
-        return EXIT_USAGE
-    if not os.path.isdir(args.dev_dir):
-        log.error("not starting: dev dir %s is not a directory", args.dev_dir)
         return EXIT_USAGE
     watch_dir = os.path.dirname(os.path.abspath(path or DEFAULT_CONFIG))
     http = args.http_address

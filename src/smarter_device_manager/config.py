@@ -50,6 +50,7 @@ FORBIDDEN_HOST_PATHS = ("/proc", "/dev", "/var/lib/kubelet")
 MAX_DEVICES = 1000
 
 _INT_TAG = "tag:yaml.org,2002:int"
+_DECIMAL = re.compile(r"-?(?:0|[1-9][0-9]*)")  # no leading zeros, signs, bases, separators
 _STR_TAG = "tag:yaml.org,2002:str"
 _BOOL_TAG = "tag:yaml.org,2002:bool"
 _ATTRIBUTE_NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
@@ -503,6 +504,12 @@ def _parse_count(node: yaml.Node, index: int, out: _Collector) -> int | None:
                   f"got {shown!r}; write e.g. nummaxdevices: 10")
         return None
     value = yaml.SafeLoader("").construct_yaml_int(node)
+    if not _DECIMAL.fullmatch(node.value):
+        # YAML 1.1 (PyYAML) reads 010 as octal 8, 1:30 as base 60 (90), and also takes
+        # 0x10, 0b10, 1_000 and +5: a count nobody meant. Plain decimal digits only.
+        out.error(line, index, f"'nummaxdevices' must be written in plain decimal digits, got "
+                  f"{node.value!r} (YAML reads it as {value}); write e.g. nummaxdevices: 10")
+        return None
     if value < 0:
         out.error(line, index, f"'nummaxdevices' is {value}; it must be 0 or more "
                   "(0 advertises the device with capacity 0)")
@@ -550,16 +557,22 @@ def load_config(path: str | None) -> Config:
     if path is None:
         return parse_config(embedded_text(), EMBEDDED_SOURCE)
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+        with open(path, "rb") as handle:
+            data = handle.read()
     except FileNotFoundError:
         raise ConfigError(path, [f"{path}: no such file"]) from None
     except IsADirectoryError:
         raise ConfigError(path, [f"{path}: is a directory, not a config file"]) from None
     except PermissionError:
         raise ConfigError(path, [f"{path}: permission denied"]) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(path, [f"{path}: not UTF-8 text ({exc.reason})"]) from None
     except OSError as exc:
         raise ConfigError(path, [f"{path}: cannot read: {exc.strerror}"]) from None
-    return parse_config(text, path)
+    return parse_config(decode_config(data, path), path)
+
+
+def decode_config(data: bytes, source: str) -> str:
+    """A config file's bytes as text; ``ConfigError`` if they are not UTF-8."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, [f"{source}: not UTF-8 text ({exc.reason})"]) from None

@@ -5,6 +5,12 @@ period (so a burst of udev events becomes one rescan), then reloads the config
 if it changed, serves again on sockets the kubelet deleted, rescans the dev
 dir and reconciles. Every change reaches the kubelet as one ListAndWatch
 message per resource that changed, not one per event.
+
+A flag is only dropped once its work is done. If the work fails (an I/O error,
+a dev dir that cannot be read, a socket that cannot be served, a bug), what was
+not done stays asked for and is retried with backoff, without waiting for
+another event, which on an idle node may never come; ``/readyz`` and the
+``rescan_failures_total``/``rescan_failing`` metrics show it meanwhile.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import signal
 from dataclasses import dataclass
 
 from smarter_device_manager import __version__
-from smarter_device_manager.config import DEFAULT_PATH, Config, ConfigError, load_config
+from smarter_device_manager.config import DEFAULT_PATH, Config, ConfigError, decode_config, parse_config
 from smarter_device_manager.discovery import discover
 from smarter_device_manager.http import HttpServer
 from smarter_device_manager.metrics import Metrics, Sample
@@ -29,6 +35,20 @@ log = logging.getLogger(__name__)
 
 QUIET = 0.02  # a burst is over when nothing happened for this long...
 MAX_DELAY = 0.25  # ...or when it has lasted this long, whichever comes first
+RETRY_FIRST = 0.5  # after a failed attempt to apply changes, retry after this long,
+RETRY_MAX = 30.0  # doubling up to this
+
+# Why the dev dir is walked, for rescans_total{reason}: one count per walk. When causes
+# coincide within one settle window, the walk is counted under the first of them here.
+REASONS = ("start", "overflow", "sighup", "config", "retry", "grace", "hotplug")
+
+
+def main_reason(reasons: set[str]) -> str:
+    return next(r for r in REASONS if r in reasons)
+
+
+class RescanFailed(Exception):
+    """A walk that cannot stand for the node (the dev dir itself could not be read)."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +71,7 @@ class Daemon:
         self.settings = settings
         self.config = config
         self.config_error: ConfigError | None = None
-        self._last_config_text = config.text
+        self._last_config_data = config.text.encode("utf-8")
         self.metrics = Metrics()
         self.metrics.collectors.append(self._samples)
         self.registrar = Registrar(settings.plugin_dir, self._registered)
@@ -63,7 +83,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._last_event = 0.0
-        self._dev_dirty = False
+        self._rescan_reasons: set[str] = set()  # why the dev dir must be walked; empty: it need not
         self._config_dirty = False
         self._plugin_dirty = False
         self._kubelet_restarted = False
@@ -71,6 +91,9 @@ class Daemon:
         self._problems: frozenset[str] = frozenset()
         self._timer: asyncio.TimerHandle | None = None
         self._watcher: Watcher | None = None
+        self._failures = 0  # failed attempts to apply changes in a row
+        self._failure: str | None = None  # what the last one failed on
+        self._retry: asyncio.TimerHandle | None = None
 
     # --- Sink: called by the watcher and signal handlers; only flags and a wake-up --------
     def _poke(self) -> None:
@@ -78,8 +101,14 @@ class Daemon:
         self._wake.set()
 
     def dev_changed(self) -> None:
+        """An inotify event under the dev dir (and only that: see _removal_due)."""
         self.metrics.inc("hotplug_events_total")
-        self._dev_dirty = True
+        self._rescan_reasons.add("hotplug")
+        self._poke()
+
+    def _removal_due(self) -> None:
+        """A vanished device's removal grace is over: the walk withdraws it."""
+        self._rescan_reasons.add("grace")
         self._poke()
 
     def config_changed(self) -> None:
@@ -103,13 +132,14 @@ class Daemon:
             self._poke()
 
     def overflow(self) -> None:
-        self.metrics.inc("rescans_total", reason="overflow")
-        self._dev_dirty = self._config_dirty = self._plugin_dirty = True
+        self._rescan_reasons.add("overflow")
+        self._config_dirty = self._plugin_dirty = True
         self._poke()
 
     def hangup(self) -> None:
         log.info("SIGHUP: rescanning and registering every resource again")
-        self._dev_dirty = self._config_dirty = self._reregister = True
+        self._rescan_reasons.add("sighup")
+        self._config_dirty = self._reregister = True
         self._poke()
 
     # --- the loop ---------------------------------------------------------------------
@@ -134,7 +164,8 @@ class Daemon:
         if not self.registrar.kubelet_up.is_set():
             log.info("no kubelet yet (%s missing); serving and waiting for it",
                      self.registrar.kubelet_socket)
-        await self._rescan("start")
+        self._rescan_reasons.add("start")
+        await self._attempt()
         worker = asyncio.create_task(self._work(), name="worker")
         await self._stop.wait()
         log.info("stopping: removing our sockets")
@@ -145,8 +176,9 @@ class Daemon:
         return 0
 
     async def _shutdown(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        for timer in (self._timer, self._retry):
+            if timer is not None:
+                timer.cancel()
         if self._watcher is not None:
             self._watcher.close()
         await self.registrar.close()
@@ -166,57 +198,112 @@ class Daemon:
                     break
                 await asyncio.sleep(min(quiet_left, first + MAX_DELAY - now))
             self._wake.clear()
-            try:
-                await self._settle()
-            except Exception:  # a bug must not kill the loop that keeps the node served
-                log.exception("internal error while applying changes; will retry on the next event")
+            await self._attempt()
+
+    async def _attempt(self) -> None:
+        """Apply what changed; if any of it failed, keep it and retry with backoff."""
+        failure: str | None
+        try:
+            await self._settle()
+        except Exception as exc:  # neither the change nor the loop may be lost to it
+            failure = str(exc) if isinstance(exc, RescanFailed) else f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, (RescanFailed, OSError)) and failure != self._failure:
+                log.exception("internal error while applying changes")
+        else:
+            failure = self._not_served()
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if failure is None:
+            if self._failures:
+                log.info("changes applied after %d failed attempt(s)", self._failures)
+            self._failures, self._failure = 0, None
+            return
+        self._failures += 1
+        self._failure = failure
+        self.metrics.inc("rescan_failures_total")
+        delay = min(RETRY_FIRST * 2 ** (self._failures - 1), RETRY_MAX)
+        self._retry = asyncio.get_running_loop().call_later(delay, self._poke)
+        log.warning("changes not applied: %s; retrying in %.1fs (attempt %d)", failure, delay,
+                    self._failures)
+
+    def _not_served(self) -> str | None:
+        """What could not be served; asks for the work that serves it again."""
+        errors = self.reconciler.start_errors
+        if not errors:
+            return None
+        # A resource that never started is started by a rescan; a lost socket by a resync.
+        self._plugin_dirty = True
+        self._rescan_reasons.add("retry")
+        name, error = min(errors.items())
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        return f"{name}{more}: {error}"
 
     async def _settle(self) -> None:
         config_dirty, self._config_dirty = self._config_dirty, False
         plugin_dirty, self._plugin_dirty = self._plugin_dirty, False
         restarted, self._kubelet_restarted = self._kubelet_restarted, False
         reregister, self._reregister = self._reregister, False
-        dev_dirty, self._dev_dirty = self._dev_dirty, False
-        if config_dirty and self._reload_config():
-            dev_dirty = True
-        if plugin_dirty:
-            await self.reconciler.resync_sockets(restarted)
-        if dev_dirty:
-            await self._rescan("hotplug")
-        if reregister:
-            self.reconciler.reregister_all()
+        reasons, self._rescan_reasons = self._rescan_reasons, set()
+        try:
+            if config_dirty:
+                if self._reload_config():
+                    reasons.add("config")
+                config_dirty = False
+            if plugin_dirty:
+                await self.reconciler.resync_sockets(restarted)
+                plugin_dirty = restarted = False
+            if reasons:
+                await self._rescan(main_reason(reasons))
+                reasons = set()
+            if reregister:
+                self.reconciler.reregister_all()
+                reregister = False
+        finally:
+            # What was not done is still to do (events meanwhile may have asked for more).
+            self._config_dirty |= config_dirty
+            self._plugin_dirty |= plugin_dirty
+            self._kubelet_restarted |= restarted
+            self._reregister |= reregister
+            if reasons:
+                self._rescan_reasons |= reasons | {"retry"}
 
     def _reload_config(self) -> bool:
-        """Read the config again; True if a new valid one was taken."""
+        """Read the config again; True if a new valid one was taken.
+
+        The file is read once and what was read is what gets parsed: a second read could
+        see another version (a ConfigMap swap, an editor mid-write) than the one compared.
+        """
         path = self.settings.config_path
         if path is None:  # embedded default in use: a config file created later takes over
             if not os.path.isfile(DEFAULT_PATH):
                 return False
             path = DEFAULT_PATH
         try:
-            with open(path, encoding="utf-8") as handle:
-                text = handle.read()
+            with open(path, "rb") as handle:
+                data = handle.read()
         except OSError as exc:
             log.warning("config %s cannot be read (%s); keeping the current rules", path,
                         exc.strerror)
             return False
-        if text == self._last_config_text:
+        if data == self._last_config_data:
             return False
-        if not text.strip():
+        if not data.strip():
             # A zero-byte file is what an editor leaves between truncating and writing;
             # taking it would withdraw every resource. Removing all rules takes '[]'.
             log.warning("config %s is empty; keeping the current rules (write '[]' to remove "
                         "every rule on purpose)", path)
             return False
-        self._last_config_text = text
         try:
-            config = load_config(path)
+            config = parse_config(decode_config(data, path), path)
         except ConfigError as exc:
+            self._last_config_data = data
             self.config_error = exc
             self.metrics.inc("config_reloads_total", result="rejected")
             log.error("config %s rejected; still serving the last good config (%s):\n  %s",
                       path, self.config.source, "\n  ".join(exc.problems))
             return False
+        self._last_config_data = data
         self.config, self.config_error = config, None
         self.metrics.inc("config_reloads_total", result="applied")
         log.info("config %s reloaded: %d rules", path, len(config.rules))
@@ -228,6 +315,12 @@ class Daemon:
         s = self.settings
         self.metrics.inc("rescans_total", reason=reason)
         inventory = discover(s.dev_dir, self.config, s.prefix, s.sys_dir, s.pass_device_specs)
+        if "" not in inventory.directories:
+            # The dev dir itself could not be read: a failed walk, not an empty node (taking
+            # it would withdraw every resource).
+            unreadable = [p for p in inventory.problems if p.startswith("cannot read /dev/:")]
+            raise RescanFailed(f"{unreadable[0] if unreadable else 'cannot read /dev/'} "
+                               f"(dev dir {s.dev_dir})")
         if self._watcher is not None:
             self._watcher.sync_dev_dirs(inventory.directories)
         problems = frozenset(inventory.problems)
@@ -245,7 +338,7 @@ class Daemon:
             self._timer = None
         if due is not None:
             loop = asyncio.get_running_loop()
-            self._timer = loop.call_at(due + 0.001, self.dev_changed)
+            self._timer = loop.call_at(due + 0.001, self._removal_due)
 
     # --- read-only views --------------------------------------------------------------
     def _registered(self, registration: Registration, ok: bool) -> None:
@@ -255,6 +348,7 @@ class Daemon:
         return [
             ("build_info", (("version", __version__),), 1.0),
             ("config_valid", (), 0.0 if self.config_error else 1.0),
+            ("rescan_failing", (), 0.0 if self._failure is None else 1.0),
         ]
 
     def _healthz(self) -> tuple[int, str, str]:
@@ -270,6 +364,10 @@ class Daemon:
             error = self.registrar.registrations[name].last_error
             reasons.append(f"{name} not registered yet" + (f": {error}" if error else ""))
         reasons += [f"{n}: {e}" for n, e in sorted(self.reconciler.start_errors.items())]
+        if self._failure is not None:
+            due = self._retry.when() - asyncio.get_running_loop().time() if self._retry else 0.0
+            reasons.append(f"changes not applied ({self._failures} failed attempt(s), retrying "
+                           f"in {max(due, 0.0):.1f}s): {self._failure}")
         if reasons:
             return 503, "text/plain", "not ready:\n" + "".join(f"- {r}\n" for r in reasons)
         return 200, "text/plain", f"ready: {len(self.reconciler.running)} resources registered\n"

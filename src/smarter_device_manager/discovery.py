@@ -21,6 +21,7 @@ the kubelet's checkpoint stays true when the kernel renames the node.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from dataclasses import dataclass, field
@@ -175,7 +176,7 @@ class _Walk:
                 try:
                     mode = entry.stat(follow_symlinks=False).st_mode
                 except OSError as exc:
-                    if exc.errno != 2:  # vanished while listed: nothing to report
+                    if exc.errno != errno.ENOENT:  # vanished while listed: nothing to report
                         self.problems.append(f"skipped /dev/{rel}: cannot stat: {exc.strerror}")
                     continue
                 if stat.S_ISDIR(mode):
@@ -190,7 +191,7 @@ class _Walk:
         try:
             st = os.stat(link)
         except OSError as exc:
-            reason = "a symlink loop" if exc.errno == 40 else f"a broken symlink ({exc.strerror})"
+            reason = "a symlink loop" if exc.errno == errno.ELOOP else f"a broken symlink ({exc.strerror})"
             self.problems.append(f"skipped /dev/{rel}: {reason}")
             return None
         real = os.path.realpath(link)
@@ -387,12 +388,98 @@ def _show(rule: Rule) -> str:
     return " ".join(parts)
 
 
+# --- at Allocate time: the nodes as they are now, never leaving the dev dir ----------------
+# Anything may have changed since the last scan: a node replaced by a regular file, or a
+# directory on its path (or the matched directory itself) swapped for a symlink to somewhere
+# else. So these walk from a descriptor of the dev dir one component at a time with
+# O_NOFOLLOW, and look at the last component with lstat relative to its parent's
+# descriptor: a symlink anywhere on the way is refused, never followed.
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_inside(dev_dir: str, rel_dir: str) -> int:
+    """A descriptor of ``<dev_dir>/<rel_dir>`` reached without following a symlink; an
+    OSError names (``filename``) the part of ``rel_dir`` that could not be entered."""
+    try:
+        fd = os.open(dev_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, "") from None
+    try:
+        parts = rel_dir.split("/") if rel_dir else []
+        for i, part in enumerate(parts):
+            try:
+                if part in ("", ".", ".."):
+                    raise OSError(errno.EINVAL, "not a plain relative path")
+                inner = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                raise OSError(exc.errno, exc.strerror, "/".join(parts[:i + 1])) from None
+            os.close(fd)
+            fd = inner
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _not_inside(rel: str, exc: OSError) -> str:
+    if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+        return (f"/dev/{rel} is no longer a directory inside the dev dir (a symlink or "
+                "another file is in its place)")
+    return f"/dev/{rel}: {exc.strerror}"
+
+
+def node_problem(dev_dir: str, rel: str) -> str | None:
+    """Why ``/dev/<rel>`` must not be handed to a container now, or None if it may be."""
+    parent, _, name = rel.rpartition("/")
+    try:
+        fd = _open_inside(dev_dir, parent)
+    except OSError as exc:
+        return _not_inside(exc.filename, exc)
+    try:
+        mode = os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode
+    except OSError as exc:
+        return f"/dev/{rel}: {exc.strerror}"
+    finally:
+        os.close(fd)
+    if not _is_device(mode):
+        return f"/dev/{rel} is no longer a device node ({_describe(mode)})"
+    return None
+
+
 def directory_nodes(dev_dir: str, rel_dir: str) -> tuple[tuple[DeviceNode, ...], tuple[str, ...]]:
-    """The device nodes below ``rel_dir`` right now (for Allocate of a directory),
-    and the problems met listing them."""
-    walk = _Walk(dev_dir, Config("", ()))
-    nodes = walk.nodes_under(rel_dir)
-    return nodes, tuple(walk.problems)
+    """The device nodes below ``rel_dir`` right now, and what could not be looked at."""
+    try:
+        top = _open_inside(dev_dir, rel_dir)
+    except OSError as exc:
+        return (), (_not_inside(exc.filename, exc),)
+    nodes: list[DeviceNode] = []
+    problems: list[str] = []
+    pending = [(rel_dir, top)]
+    try:
+        while pending:
+            current, fd = pending.pop()
+            try:
+                with os.scandir(fd) as entries:
+                    for entry in entries:
+                        rel = f"{current}/{entry.name}"
+                        try:
+                            mode = entry.stat(follow_symlinks=False).st_mode
+                            if stat.S_ISDIR(mode):
+                                pending.append((rel, os.open(entry.name, _DIR_FLAGS, dir_fd=fd)))
+                            elif _is_device(mode):
+                                nodes.append(DeviceNode(rel, rel))
+                        except FileNotFoundError:
+                            continue  # removed since it was listed
+                        except OSError as exc:
+                            problems.append(_not_inside(rel, exc))
+            except OSError as exc:
+                problems.append(f"cannot read /dev/{current}: {exc.strerror}")
+            finally:
+                os.close(fd)
+    finally:
+        for _, fd in pending:
+            os.close(fd)
+    return tuple(sorted(nodes, key=lambda n: n.path)), tuple(problems)
 
 
 def discover(dev_dir: str, config: Config, prefix: str, sys_dir: str | None = "/sys",

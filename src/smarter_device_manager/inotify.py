@@ -3,8 +3,10 @@
 Why not ``inotify_simple`` or ``asyncinotify``: both import ``ctypes.util``
 (which pulls in ``subprocess``, ``tempfile`` and ``random``) and cost 1.3 MiB of
 RSS here against 0.4 MiB for this file, on a daemon whose whole budget is 24 MiB
-(numbers in docs/decisions.md). The three libc calls are stable ABI, so this
-stays small: no policy here, just the syscalls and event parsing.
+(numbers in docs/decisions.md). The two libc calls are stable ABI, so this
+stays small: no policy here, just the syscalls and event parsing. (Watches are
+never removed by hand: the kernel drops a watch when its directory goes, and
+the daemon keeps one inotify instance for its whole life.)
 """
 
 from __future__ import annotations
@@ -14,9 +16,7 @@ import os
 import struct
 from dataclasses import dataclass
 
-IN_ACCESS = 0x00000001
-IN_MODIFY = 0x00000002
-IN_ATTRIB = 0x00000004
+# Only what watch.py asks for or reads back.
 IN_CLOSE_WRITE = 0x00000008
 IN_MOVED_FROM = 0x00000040
 IN_MOVED_TO = 0x00000080
@@ -24,7 +24,6 @@ IN_CREATE = 0x00000100
 IN_DELETE = 0x00000200
 IN_DELETE_SELF = 0x00000400
 IN_MOVE_SELF = 0x00000800
-IN_UNMOUNT = 0x00002000
 IN_Q_OVERFLOW = 0x00004000
 IN_IGNORED = 0x00008000
 IN_ONLYDIR = 0x01000000
@@ -64,10 +63,6 @@ class Inotify:
             _raise("inotify_add_watch", path)
         return int(wd)
 
-    def rm_watch(self, wd: int) -> None:
-        # EINVAL means the kernel already dropped it (directory deleted): fine.
-        _libc.inotify_rm_watch(self.fd, wd)
-
     def read(self) -> list[Event]:
         """Every event queued now; empty when there is none."""
         events: list[Event] = []
@@ -91,5 +86,5 @@ class Inotify:
 
 
 def _raise(call: str, path: str | None = None) -> None:
-    errno = ctypes.get_errno()
-    raise OSError(errno, f"{call}: {os.strerror(errno)}", path)
+    code = ctypes.get_errno()
+    raise OSError(code, f"{call}: {os.strerror(code)}", path)

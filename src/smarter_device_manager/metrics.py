@@ -25,8 +25,15 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "registrations_total": ("counter", "Register calls to the kubelet, by result."),
     "kubelet_restarts_total": ("counter", "Times kubelet.sock was created again."),
     "config_reloads_total": ("counter", "Config files read after start, by result."),
-    "hotplug_events_total": ("counter", "Filesystem events seen under the dev directory."),
-    "rescans_total": ("counter", "Walks of the dev directory, by reason."),
+    "hotplug_events_total": ("counter", "Filesystem (inotify) events seen under the dev directory."),
+    "rescans_total": ("counter", "Walks of the dev directory, one per walk, by reason: start, "
+                      "overflow (inotify queue), sighup, config (a new config applied), retry (of "
+                      "a failed attempt), grace (a vanished device's removal grace ended), "
+                      "hotplug (filesystem events); the first of these when several coincide."),
+    "rescan_failures_total": ("counter", "Attempts to apply changes (config reload, socket "
+                              "resync, dev dir walk, serving a resource) that failed; what failed "
+                              "is kept and retried with backoff (0.5 s doubling to 30 s)."),
+    "rescan_failing": ("gauge", "1 while changes wait for a retry after a failed attempt, else 0."),
     "listandwatch_messages_total": ("counter", "Device lists sent to the kubelet."),
 }
 

@@ -43,6 +43,7 @@ from smarter_device_manager.discovery import (
     Member,
     Resource,
     directory_nodes,
+    node_problem,
 )
 from smarter_device_manager.lowmem import SmallEvent
 
@@ -264,10 +265,10 @@ class DevicePlugin(DevicePluginService):
                 # may have gained or lost nodes since.
                 nodes, problems = directory_nodes(self._paths.dev_dir, resource.path)
                 for problem in problems:
-                    log.warning("%s: %s", self.resource_name, problem)
+                    log.warning("%s: Allocate: %s", self.resource_name, problem)
                 if not nodes:
-                    raise GRPCError(Status.FAILED_PRECONDITION,
-                                    f"{self.resource_name}: /dev/{resource.path} holds no device nodes")
+                    why = "; ".join(problems) or f"/dev/{resource.path} holds no device nodes"
+                    raise GRPCError(Status.FAILED_PRECONDITION, f"{self.resource_name}: {why}")
             for node in nodes:
                 target = f"/dev/{node.path}"
                 if rule.container_path and resource.kind != KIND_NVIDIA:
@@ -302,21 +303,18 @@ class DevicePlugin(DevicePluginService):
         return members
 
     def _spec(self, node: DeviceNode, container_path: str) -> pb.DeviceSpec:
-        """A DeviceSpec for ``node``, which must still be a device node: it may have
-        been replaced since the last scan, and a container must never be handed a
-        regular file or socket."""
-        try:
-            mode = os.lstat(os.path.join(self._paths.dev_dir, node.source)).st_mode
-        except OSError as exc:
-            raise GRPCError(
-                Status.FAILED_PRECONDITION,
-                f"{self.resource_name}: /dev/{node.source}: {exc.strerror}",
-            ) from None
-        if not (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)):
-            raise GRPCError(
-                Status.FAILED_PRECONDITION,
-                f"{self.resource_name}: /dev/{node.source} is no longer a device node",
-            )
+        """A DeviceSpec for ``node``, which must still be a device node inside the dev dir.
+
+        Checked again here, not only at discovery, because the node may have been
+        replaced by something else since the last scan, or a directory on its way
+        swapped for a symlink to somewhere else; a container must never be handed a
+        regular file, a socket or a node from outside the dev dir. (The runtime opens
+        the host path later, when it creates the container; a swap after this check
+        is beyond what a device plugin can see.)
+        """
+        refused = node_problem(self._paths.dev_dir, node.source)
+        if refused is not None:
+            raise GRPCError(Status.FAILED_PRECONDITION, f"{self.resource_name}: {refused}")
         return pb.DeviceSpec(
             container_path=container_path,
             host_path=f"{self._paths.host_dev_dir.rstrip('/')}/{node.source}",

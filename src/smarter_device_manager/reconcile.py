@@ -87,6 +87,10 @@ class Reconciler:
                 withdrawals.append(self._withdraw(name, f"gone for {self.removal_grace:g}s"))
         # Together, not one after another: each waits briefly for its stream to end.
         await asyncio.gather(*withdrawals)
+        # A resource that could not be served and is no longer wanted is no longer a problem.
+        for name in [n for n in self.start_errors if n not in inventory.resources]:
+            if name not in self.running:
+                del self.start_errors[name]
         for name, resource in inventory.resources.items():
             existing = self.running.get(name)
             if existing is None:
@@ -194,6 +198,7 @@ class Reconciler:
     async def _withdraw(self, name: str, why: str, quiet: bool = False) -> None:
         running = self.running.pop(name)
         self._endpoints.discard(running.endpoint)
+        self.start_errors.pop(name, None)
         if not quiet:
             log.info("withdrew %s: %s", running.plugin.resource_name, why)
         self.registrar.cancel(running.plugin.resource_name)

@@ -4,6 +4,12 @@ The registrar knows the kubelet (its socket, the Register call, when it is
 there) and nothing about devices. Each resource registers on its own, so one
 failing Register (say, a name the kubelet rejects) never holds back the
 others, and a missing kubelet means waiting, not a tight retry loop.
+
+Only what a kubelet can cause is retried: gRPC errors, connection and socket
+errors, timeouts, HTTP/2 trouble. Anything else is a bug here, which retrying
+cannot mend: it is logged once at ERROR with its traceback, the resource stays
+pending (``/readyz`` says why), and the next reason to register (the kubelet
+restarting, SIGHUP, our socket recreated) tries again.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from dataclasses import dataclass
 
 from grpclib import GRPCError
 from grpclib.client import Channel
+from grpclib.exceptions import ProtocolError, StreamTerminatedError
+from h2.exceptions import H2Error
 
 from smarter_device_manager.api import messages as pb
 from smarter_device_manager.api.services import register_method
@@ -28,6 +36,10 @@ KUBELET_SOCKET = "kubelet.sock"
 REGISTER_TIMEOUT = 10.0
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
+# What talking to a kubelet can fail with; OSError covers connection errors, a missing
+# socket and (on 3.11+) TimeoutError.
+RETRYABLE = (GRPCError, OSError, asyncio.TimeoutError, StreamTerminatedError, ProtocolError,
+             H2Error)
 
 
 @dataclass(slots=True)
@@ -115,7 +127,7 @@ class Registrar:
                 await self._register(registration)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # any failure: log, back off, retry this one only
+            except RETRYABLE as exc:  # the kubelet's doing: log, back off, retry this one only
                 if not isinstance(exc, GRPCError):  # the connection itself is suspect
                     self._drop_channel()
                 registration.last_error = _describe(exc)
@@ -127,6 +139,15 @@ class Registrar:
                 await asyncio.sleep(delay * _jitter())
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
+            except Exception as exc:  # a bug: retrying cannot mend it
+                registration.last_error = f"internal error: {type(exc).__name__}: {exc}"
+                log.exception("registering %s with the kubelet failed with an internal error; "
+                              "not retrying until the next reason to register (kubelet restart, "
+                              "SIGHUP, socket recreated)", registration.resource_name)
+                if self._on_result:
+                    self._on_result(registration, False)
+                self._tasks.pop(registration.resource_name, None)
+                return
             registration.registered = True
             registration.last_error = ""
             log.info("registered %s with the kubelet (endpoint %s)",

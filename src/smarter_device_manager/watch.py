@@ -14,6 +14,7 @@ such and answered with a full resync, never ignored.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 from typing import Protocol
@@ -89,14 +90,14 @@ class Watcher:
         try:
             wd = self._inotify.add_watch(os.path.join(self._dev_root, rel), DEV_MASK)
         except OSError as exc:
-            if exc.errno == 28:  # ENOSPC: the per-user watch limit; said once, not per rescan
+            if exc.errno == errno.ENOSPC:  # the per-user watch limit; said once, not per rescan
                 if self._limit_reached:
                     return False
                 self._limit_reached = True
                 log.error("cannot watch /dev/%s: the inotify watch limit is reached; devices there "
                           "are seen only on rescans (SIGHUP, other events) until "
                           "fs.inotify.max_user_watches is raised", rel)
-            elif rel == "" or exc.errno not in (2, 20):  # vanished again: nothing to watch
+            elif rel == "" or exc.errno not in (errno.ENOENT, errno.ENOTDIR):  # vanished again
                 log.warning("cannot watch /dev/%s: %s", rel, exc.strerror)
             return False
         self._dev_watches[wd] = rel
