@@ -23,9 +23,11 @@ BAD = {
     "--http-address": ("nonsense", "'nonsense' is not HOST:PORT"),
     "--log-level": ("verbose", "invalid choice 'verbose'; choose from debug, info, warning, error"),
     "--log-format": ("xml", "invalid choice 'xml'; choose from text, json"),
+    "--sys-dir": ("sys", "sys dir 'sys' must be an absolute path"),
+    "--pass-device-specs": ("maybe", "'maybe' is not a boolean; use true or false"),
 }
 SERVE = sorted(BAD)
-LIST = ["--config", "--dev-dir", "--resource-prefix"]
+LIST = ["--config", "--dev-dir", "--resource-prefix", "--sys-dir", "--pass-device-specs"]
 
 
 def variable(option: str) -> str:
@@ -82,6 +84,26 @@ def test_a_bad_value_is_the_same_usage_error_from_flag_and_variable(
     for err in (flag_err, env_err):
         assert err.startswith("usage: smarter-device-manager " + command)
         assert "Traceback" not in err
+
+
+def test_pass_device_specs_is_a_flag_and_a_variable() -> None:
+    """``--pass-device-specs`` alone (as the original's Go flag), ``=false``, or the variable."""
+    from smarter_device_manager.cli import build_parser
+
+    parser = build_parser()
+    for argv, env, want in ((["list"], {}, False), (["list", "--pass-device-specs"], {}, True),
+                            (["list", "--pass-device-specs", "false"], {}, False),
+                            (["list"], {"SDM_PASS_DEVICE_SPECS": "TRUE"}, True),
+                            (["list"], {"SDM_PASS_DEVICE_SPECS": "0"}, False)):
+        old = dict(os.environ)
+        os.environ.update(env)
+        try:
+            args = parser.parse_args(argv)
+            parser.commands["list"].take_env(args)
+        finally:
+            os.environ.clear()
+            os.environ.update(old)
+        assert args.pass_device_specs is want, (argv, env)
 
 
 def test_the_flag_wins_over_the_variable(valid: dict[str, str]) -> None:

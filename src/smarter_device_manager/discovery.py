@@ -123,6 +123,8 @@ def _describe(mode: int) -> str:
         return "a FIFO"
     if stat.S_ISDIR(mode):
         return "a directory"
+    if stat.S_ISLNK(mode):
+        return "a symlink"
     return "not a device node"
 
 
