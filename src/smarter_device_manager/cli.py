@@ -169,6 +169,32 @@ def _boolean(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"{text!r} is not a boolean; use true or false")
 
 
+DEFAULT_CDI_KIND = "smarter-devices.io/device"
+
+
+def _cdi_kind(text: str) -> str:
+    if text == DEFAULT_CDI_KIND:
+        return text  # valid (tests/test_cdisync.py checks): serve with --cdi off never loads cdi
+    from smarter_device_manager.cdi import kind_problem
+
+    problem = kind_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"CDI kind {text!r} is not valid: {problem}")
+    return text
+
+
+def _cdi_options(parser: _Parser, switch: bool) -> None:
+    if switch:
+        parser.add_env_option("--cdi", _choice("off", "on"), "off", metavar="{off,on}",
+                              help="keep a CDI spec of the devices in --cdi-dir and name them in "
+                              "Allocate answers (Kubernetes >= 1.31 with containerd >= 1.7 or "
+                              "CRI-O; default off)")
+    parser.add_env_option("--cdi-dir", _absolute("CDI dir"), "/var/run/cdi", metavar="DIR",
+                          help="where the container runtime reads CDI specs (default /var/run/cdi)")
+    parser.add_env_option("--cdi-kind", _cdi_kind, DEFAULT_CDI_KIND, metavar="VENDOR/CLASS",
+                          help="the CDI kind of our devices (default smarter-devices.io/device)")
+
+
 def _discovery_options(parser: _Parser) -> None:
     parser.add_env_option("--config", _config_path, None, metavar="PATH",
                           help=f"rules file (default {DEFAULT_CONFIG}, or the embedded default "
@@ -192,7 +218,7 @@ def build_parser() -> _Parser:
         description="Kubernetes device plugin: advertises /dev nodes matched by rules as "
         "extended resources and hands them to containers.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{serve,list,check-config}")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,list,cdi,check-config}")
 
     serve = sub.add_parser("serve", help="run the device plugin (the default)")
     _discovery_options(serve)
@@ -212,6 +238,7 @@ def build_parser() -> _Parser:
                          metavar="DURATION",
                          help="how long a vanished device stays advertised as Unhealthy before "
                          "it is withdrawn (default 300s)")
+    _cdi_options(serve, switch=True)
 
     lister = sub.add_parser("list", help="print what this node would advertise, and exit")
     _discovery_options(lister)
@@ -219,10 +246,24 @@ def build_parser() -> _Parser:
     lister.add_argument("--all", action="store_true",
                         help="also show every device node no rule selects, with its sysfs "
                         "attributes, to write a rule from")
+    _cdi_options(lister, switch=True)
+
+    cdi = sub.add_parser("cdi", help="print (or write, or remove) the CDI spec of this node's "
+                         "devices, for podman/docker --device smarter-devices.io/device=NAME")
+    _discovery_options(cdi)
+    _cdi_options(cdi, switch=False)
+    cdi.add_env_option("--host-dev-dir", _absolute("host dev dir"), None, metavar="DIR",
+                       help="where --dev-dir is on the host, if mounted elsewhere (default: same as "
+                       "--dev-dir)")
+    action = cdi.add_mutually_exclusive_group()
+    action.add_argument("--write", action="store_true",
+                        help="write it into --cdi-dir (atomically) instead of printing it")
+    action.add_argument("--remove", action="store_true",
+                        help="remove our spec file from --cdi-dir (after uninstalling)")
 
     check = sub.add_parser("check-config", help="validate a config file: exit 0 if valid, 2 if not")
     check.add_argument("path")
-    parser.commands = {"serve": serve, "list": lister, "check-config": check}
+    parser.commands = {"serve": serve, "list": lister, "cdi": cdi, "check-config": check}
     return parser
 
 
@@ -241,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
             return _check_config(args.path)
         if args.command == "list":
             return _list(args)
+        if args.command == "cdi":
+            return _cdi(args)
         return _serve(args)
     except BrokenPipeError:  # `... | head` closed our stdout: not an error
         sys.stderr.close()
@@ -296,16 +339,83 @@ def _list(args: argparse.Namespace) -> int:
     for problem in inventory.problems:
         print(f"warning: {problem}", file=sys.stderr)
     rows = describe_inventory(inventory, args.resource_prefix, args.dev_dir, args.sys_dir, args.all)
+    if args.cdi == "on":
+        _add_cdi_names(rows, inventory, args.cdi_kind)
     if args.output == "json":
         import json
 
         print(json.dumps(rows, indent=2))
         return 0
     print(render_table(rows), end="")
+    if args.cdi == "on":
+        from smarter_device_manager.cdi import spec_file_name
+
+        print(f"CDI on: spec {os.path.join(args.cdi_dir, spec_file_name(args.cdi_kind))}, "
+              f"devices named {args.cdi_kind}=<resource> (pools: <resource>:<identity>)")
     if not inventory.resources:
         print(f"(no device under {args.dev_dir} matches the {len(config.rules)} rules of "
               f"{config.source})", file=sys.stderr)
     return 0
+
+
+def _add_cdi_names(rows: list[dict[str, Any]], inventory: Any, kind: str) -> None:
+    from smarter_device_manager.cdi import qualified
+    from smarter_device_manager.cdisync import pool_device, resource_device
+    from smarter_device_manager.discovery import KIND_POOL
+
+    for row, resource in zip(rows, inventory.resources.values(), strict=False):
+        if resource.kind == KIND_POOL:
+            row["cdi"] = [qualified(kind, pool_device(resource, [m])) for m in resource.members]
+        else:
+            row["cdi"] = [qualified(kind, resource_device(resource))]
+
+
+def _cdi(args: argparse.Namespace) -> int:
+    """The spec ``serve --cdi on`` would write, for runtimes outside Kubernetes (Podman)."""
+    import json
+
+    from smarter_device_manager.cdisync import CdiKeeper
+    from smarter_device_manager.discovery import discover
+
+    keeper = CdiKeeper(_cdi_settings(args))
+    if args.remove:
+        keeper.remove()
+        print(f"removed {keeper.path}")
+        return 0
+    config = _load_or_exit(_resolve_config(args.config)[0])
+    if config is None:
+        return EXIT_USAGE
+    inventory = discover(args.dev_dir, config, args.resource_prefix, args.sys_dir,
+                         args.pass_device_specs)
+    for problem in inventory.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    if not args.write:
+        from smarter_device_manager.cdi import build_spec
+
+        devices, problems = keeper.wanted(inventory)
+        for problem in problems:
+            print(f"warning: {problem}", file=sys.stderr)
+        if not devices:
+            print("error: no device to put in a CDI spec", file=sys.stderr)
+            return 1
+        print(json.dumps(build_spec(args.cdi_kind, devices.values()), indent=2))
+        return 0
+    keeper.sync(inventory)
+    for problem in keeper.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    if keeper.error is not None:
+        print(f"error: {keeper.error}", file=sys.stderr)
+        return 1
+    names = sorted(keeper.device_names())
+    print(f"wrote {keeper.path}: {len(names)} devices: " + " ".join(f"{args.cdi_kind}={n}" for n in names))
+    return 0
+
+
+def _cdi_settings(args: argparse.Namespace) -> Any:
+    from smarter_device_manager.cdisync import CdiSettings  # only paid for with --cdi on
+
+    return CdiSettings(args.cdi_dir, args.cdi_kind, args.resource_prefix, args.dev_dir,
+                       args.host_dev_dir or args.dev_dir)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -344,6 +454,7 @@ def _serve(args: argparse.Namespace) -> int:
         removal_grace=args.removal_grace,
         sys_dir=args.sys_dir,
         pass_device_specs=args.pass_device_specs,
+        cdi=_cdi_settings(args) if args.cdi == "on" else None,
         http_host=http[0] if http else None,
         http_port=http[1] if http else 0,
     )

@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from smarter_device_manager import __version__
 from smarter_device_manager.config import DEFAULT_PATH, Config, ConfigError, decode_config, parse_config
@@ -30,6 +31,9 @@ from smarter_device_manager.plugin import Paths
 from smarter_device_manager.reconcile import Reconciler
 from smarter_device_manager.registrar import Registrar, Registration
 from smarter_device_manager.watch import Watcher
+
+if TYPE_CHECKING:
+    from smarter_device_manager.cdisync import CdiKeeper, CdiSettings
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,8 @@ class Settings:
     removal_grace: float
     sys_dir: str = "/sys"
     pass_device_specs: bool = False
+    cdi: CdiSettings | None = None  # --cdi on
+    cdi_device_specs: bool = True
     http_host: str | None = None
     http_port: int = 0
 
@@ -75,8 +81,14 @@ class Daemon:
         self.metrics = Metrics()
         self.metrics.collectors.append(self._samples)
         self.registrar = Registrar(settings.plugin_dir, self._registered)
+        self.cdi: CdiKeeper | None = None
+        if settings.cdi is not None:
+            from smarter_device_manager.cdisync import CdiKeeper
+
+            self.cdi = CdiKeeper(settings.cdi)
+        paths = Paths(settings.dev_dir, settings.host_dev_dir, self.cdi, settings.cdi_device_specs)
         self.reconciler = Reconciler(
-            settings.prefix, Paths(settings.dev_dir, settings.host_dev_dir), settings.plugin_dir,
+            settings.prefix, paths, settings.plugin_dir,
             self.registrar, self.metrics, settings.removal_grace,
         )
         self.http: HttpServer | None = None
@@ -85,6 +97,7 @@ class Daemon:
         self._last_event = 0.0
         self._rescan_reasons: set[str] = set()  # why the dev dir must be walked; empty: it need not
         self._config_dirty = False
+        self._cdi_dirty = False
         self._plugin_dirty = False
         self._kubelet_restarted = False
         self._reregister = False
@@ -113,6 +126,11 @@ class Daemon:
 
     def config_changed(self) -> None:
         self._config_dirty = True
+        self._poke()
+
+    def cdi_changed(self) -> None:
+        """Our CDI spec file (or its directory) was touched: check it is still ours."""
+        self._cdi_dirty = True
         self._poke()
 
     def kubelet_started(self) -> None:
@@ -150,7 +168,8 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self.hangup)
         s = self.settings
         os.makedirs(s.plugin_dir, exist_ok=True)
-        self._watcher = Watcher(self, s.dev_dir, s.plugin_dir, s.config_watch_dir)
+        self._watcher = Watcher(self, s.dev_dir, s.plugin_dir, s.config_watch_dir,
+                                self.cdi.path if self.cdi is not None else None)
         if s.http_host is not None:
             self.http = HttpServer({"/healthz": self._healthz, "/readyz": self._readyz,
                                     "/metrics": self._metrics})
@@ -245,7 +264,10 @@ class Daemon:
         restarted, self._kubelet_restarted = self._kubelet_restarted, False
         reregister, self._reregister = self._reregister, False
         reasons, self._rescan_reasons = self._rescan_reasons, set()
+        cdi_dirty, self._cdi_dirty = self._cdi_dirty, False
         try:
+            if cdi_dirty and self.cdi is not None:
+                self.cdi.repair()
             if config_dirty:
                 if self._reload_config():
                     reasons.add("config")
@@ -324,6 +346,11 @@ class Daemon:
         if self._watcher is not None:
             self._watcher.sync_dev_dirs(inventory.directories)
         problems = frozenset(inventory.problems)
+        if self.cdi is not None:
+            # Before the kubelet hears of any change: an Allocate must never name a device
+            # the runtime cannot find in the spec.
+            self.cdi.sync(inventory)
+            problems |= frozenset(self.cdi.problems)
         for problem in sorted(problems - self._problems):
             log.warning("%s", problem)
         self._problems = problems
@@ -349,7 +376,14 @@ class Daemon:
             ("build_info", (("version", __version__),), 1.0),
             ("config_valid", (), 0.0 if self.config_error else 1.0),
             ("rescan_failing", (), 0.0 if self._failure is None else 1.0),
+            *self._cdi_samples(),
         ]
+
+    def _cdi_samples(self) -> list[Sample]:
+        if self.cdi is None:
+            return [("cdi_enabled", (("spec", ""),), 0.0)]
+        return [("cdi_enabled", (("spec", self.cdi.path),), 0.0 if self.cdi.error else 1.0),
+                ("cdi_spec_writes_total", (), float(self.cdi.writes))]
 
     def _healthz(self) -> tuple[int, str, str]:
         return 200, "text/plain", "ok\n"
@@ -364,6 +398,8 @@ class Daemon:
             error = self.registrar.registrations[name].last_error
             reasons.append(f"{name} not registered yet" + (f": {error}" if error else ""))
         reasons += [f"{n}: {e}" for n, e in sorted(self.reconciler.start_errors.items())]
+        if self.cdi is not None and self.cdi.error is not None:
+            reasons.append(f"CDI not in use: {self.cdi.error}")
         if self._failure is not None:
             due = self._retry.when() - asyncio.get_running_loop().time() if self._retry else 0.0
             reasons.append(f"changes not applied ({self._failures} failed attempt(s), retrying "

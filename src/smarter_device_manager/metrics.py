@@ -35,6 +35,9 @@ FAMILIES: dict[str, tuple[str, str]] = {
                               "is kept and retried with backoff (0.5 s doubling to 30 s)."),
     "rescan_failing": ("gauge", "1 while changes wait for a retry after a failed attempt, else 0."),
     "listandwatch_messages_total": ("counter", "Device lists sent to the kubelet."),
+    "cdi_enabled": ("gauge", "1 if Allocate names CDI devices from the spec file in label spec, "
+                    "0 if CDI is off or its directory is unusable."),
+    "cdi_spec_writes_total": ("counter", "Times the CDI spec file was (re)written."),
 }
 
 

@@ -28,7 +28,7 @@ import os
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from grpclib import GRPCError, Status
 from grpclib.server import Server, Stream
@@ -37,7 +37,6 @@ from smarter_device_manager.api import messages as pb
 from smarter_device_manager.api.services import DevicePluginService
 from smarter_device_manager.discovery import (
     KIND_DIRECTORY,
-    KIND_NVIDIA,
     KIND_POOL,
     DeviceNode,
     Member,
@@ -45,6 +44,10 @@ from smarter_device_manager.discovery import (
     directory_nodes,
     node_problem,
 )
+from smarter_device_manager.handover import handover, member_ids
+
+if TYPE_CHECKING:
+    from smarter_device_manager.cdisync import CdiKeeper
 from smarter_device_manager.lowmem import SmallEvent
 
 log = logging.getLogger(__name__)
@@ -60,16 +63,19 @@ AllocateHook = Callable[[str, list[str], list[str], "str | None"], None]
 
 @dataclass(frozen=True)
 class Paths:
-    """Where device nodes are, seen by the daemon and by the node's runtime."""
+    """Where device nodes are, seen by the daemon and by the node's runtime; and, with
+    ``--cdi on``, the CDI spec that names them (shared by every plugin)."""
 
     dev_dir: str
     host_dev_dir: str
+    cdi: CdiKeeper | None = None
+    cdi_device_specs: bool = True  # with CDI names, also the DeviceSpecs/envs/mounts
 
 
 class DevicePlugin(DevicePluginService):
     """Serves one resource: ``<prefix>/<resource.name>``."""
 
-    __slots__ = ("_changed", "_idle", "_on_allocate", "_paths", "_stopped", "env_name", "gone",
+    __slots__ = ("_changed", "_idle", "_on_allocate", "_paths", "_stopped", "gone",
                  "healthy", "messages_sent", "resource", "resource_name", "streams")
 
     def __init__(
@@ -83,7 +89,6 @@ class DevicePlugin(DevicePluginService):
         self.resource = resource
         self.healthy = True
         self.gone: tuple[Member, ...] = ()  # pool members unplugged, advertised Unhealthy
-        self.env_name = env_name(resource_name)
         self._paths = paths
         self._on_allocate = on_allocate
         self._changed = SmallEvent()  # replaced on every change; streams wait on it
@@ -243,50 +248,48 @@ class DevicePlugin(DevicePluginService):
         await stream.send_message(pb.PreStartContainerResponse())
 
     def answer(self, ids: list[str]) -> pb.ContainerAllocateResponse:
-        """What one container gets for ``ids``: nodes, env and mounts, every node
-        checked again to still be a device inside the dev root."""
+        """What one container gets for ``ids`` (see handover.py): nodes, env and
+        mounts, every node checked again to still be a device inside the dev root."""
         resource = self.resource
         if not self.healthy:
             raise GRPCError(Status.FAILED_PRECONDITION,
                             f"{self.resource_name}: {resource.where} is gone from the node")
-        rule = resource.rule
-        placed: list[tuple[DeviceNode, str]] = []  # (node, container path)
-        envs: dict[str, str] = dict(rule.env)
+        nodes: tuple[DeviceNode, ...] | None = None
+        members: list[Member] | None = None
         if resource.kind == KIND_POOL:
             members = self._members(ids)
-            for number, member in enumerate(members):
-                for node in member.nodes:
-                    placed.append((node, _numbered(rule.container_path, number, len(member.nodes), node)))
-            envs[self.env_name + "_IDS"] = ",".join(m.identity for m in members)
-        else:
-            nodes = resource.nodes
-            if resource.kind == KIND_DIRECTORY:
-                # What is in the directory now, not at the last scan: a sound card
-                # may have gained or lost nodes since.
-                nodes, problems = directory_nodes(self._paths.dev_dir, resource.path)
-                for problem in problems:
-                    log.warning("%s: Allocate: %s", self.resource_name, problem)
-                if not nodes:
-                    why = "; ".join(problems) or f"/dev/{resource.path} holds no device nodes"
-                    raise GRPCError(Status.FAILED_PRECONDITION, f"{self.resource_name}: {why}")
-            for node in nodes:
-                target = f"/dev/{node.path}"
-                if rule.container_path and resource.kind != KIND_NVIDIA:
-                    target = rule.container_path + node.path[len(resource.path):]
-                placed.append((node, target))
-        if resource.kind == KIND_NVIDIA:
-            envs["NVIDIA_VISIBLE_DEVICES"] = resource.gpu
-        specs = [self._spec(node, target) for node, target in placed]
-        if resource.kind != KIND_NVIDIA:
-            envs[self.env_name] = ",".join(s.container_path for s in specs)
+        elif resource.kind == KIND_DIRECTORY:
+            # What is in the directory now, not at the last scan: a sound card
+            # may have gained or lost nodes since.
+            nodes, problems = directory_nodes(self._paths.dev_dir, resource.path)
+            for problem in problems:
+                log.warning("%s: Allocate: %s", self.resource_name, problem)
+            if not nodes:
+                why = "; ".join(problems) or f"/dev/{resource.path} holds no device nodes"
+                raise GRPCError(Status.FAILED_PRECONDITION, f"{self.resource_name}: {why}")
+        given = handover(self.resource_name, resource, nodes, members)
+        specs = [self._spec(node, target) for node, target in given.nodes]
         mounts = []
-        for mount in rule.mounts:
+        for mount in given.mounts:
             if not os.path.exists(mount.host_path):
                 raise GRPCError(Status.FAILED_PRECONDITION,
                                 f"{self.resource_name}: mount source {mount.host_path} does not exist")
             mounts.append(pb.Mount(container_path=mount.container_path, host_path=mount.host_path,
                                    read_only=True))
-        return pb.ContainerAllocateResponse(devices=specs, envs=envs, mounts=mounts)
+        answer = pb.ContainerAllocateResponse(devices=specs, envs=dict(given.env), mounts=mounts)
+        cdi = self._paths.cdi
+        if cdi is not None and cdi.error is None:
+            from smarter_device_manager.cdi import CdiError
+
+            try:
+                names = cdi.names(resource, members)
+            except CdiError as exc:
+                log.warning("%s: answering without CDI: %s", self.resource_name, exc)
+            else:
+                answer.cdi_devices = [pb.CDIDevice(name=name) for name in names]
+                if not self._paths.cdi_device_specs:
+                    answer = pb.ContainerAllocateResponse(cdi_devices=answer.cdi_devices)
+        return answer
 
     def _members(self, ids: list[str]) -> list[Member]:
         """The distinct pool members behind ``ids``, in the order asked."""
@@ -320,27 +323,6 @@ class DevicePlugin(DevicePluginService):
             host_path=f"{self._paths.host_dev_dir.rstrip('/')}/{node.source}",
             permissions="rw",
         )
-
-
-def member_ids(member: Member, count: int) -> list[str]:
-    """A pool member's device IDs: its identity, or identity-0.. when it may be shared."""
-    if count == 1:
-        return [member.identity]
-    return [f"{member.identity}-{i}" for i in range(count)]
-
-
-def env_name(resource_name: str) -> str:
-    """``smarter-devices/usb-serial`` -> ``SMARTER_DEVICES_USB_SERIAL``."""
-    return "".join(c if c.isalnum() and c.isascii() else "_" for c in resource_name.upper())
-
-
-def _numbered(container_path: str | None, number: int, nodes: int, node: DeviceNode) -> str:
-    """Where the ``number``-th pool device handed to a container appears."""
-    if container_path is None:
-        return f"/dev/{node.path}"
-    if nodes == 1:
-        return f"{container_path}{number}"
-    return f"{container_path}{number}/{node.path.rsplit('/', 1)[-1]}"
 
 
 class _Server(Server):

@@ -29,10 +29,12 @@ _SELF_EVENTS = ino.IN_DELETE_SELF | ino.IN_MOVE_SELF
 DEV_MASK = _DIR_EVENTS | _SELF_EVENTS | ino.IN_ONLYDIR | ino.IN_DONT_FOLLOW | ino.IN_EXCL_UNLINK
 CONFIG_MASK = _DIR_EVENTS | ino.IN_CLOSE_WRITE | ino.IN_ONLYDIR
 PLUGIN_MASK = _DIR_EVENTS | _SELF_EVENTS | ino.IN_ONLYDIR
+CDI_MASK = _DIR_EVENTS | ino.IN_CLOSE_WRITE | ino.IN_ONLYDIR
 
 
 class Sink(Protocol):
     def dev_changed(self) -> None: ...
+    def cdi_changed(self) -> None: ...
     def config_changed(self) -> None: ...
     def kubelet_started(self) -> None: ...
     def kubelet_stopped(self) -> None: ...
@@ -41,7 +43,8 @@ class Sink(Protocol):
 
 
 class Watcher:
-    def __init__(self, sink: Sink, dev_dir: str, plugin_dir: str, config_dir: str | None) -> None:
+    def __init__(self, sink: Sink, dev_dir: str, plugin_dir: str, config_dir: str | None,
+                 cdi_spec: str | None = None) -> None:
         self._sink = sink
         self._dev_root = os.path.realpath(dev_dir)
         self._inotify = ino.Inotify()
@@ -55,6 +58,15 @@ class Watcher:
                 self._config_wd = self._inotify.add_watch(config_dir, CONFIG_MASK)
             except OSError as exc:
                 log.warning("not watching %s for config changes: %s", config_dir, exc.strerror)
+        # Our CDI spec file: someone else writing or deleting it means it must be written again.
+        self._cdi_wd = -1
+        self._cdi_file = ""
+        if cdi_spec is not None:
+            cdi_dir, self._cdi_file = os.path.split(cdi_spec)
+            try:
+                self._cdi_wd = self._inotify.add_watch(cdi_dir, CDI_MASK)
+            except OSError as exc:
+                log.warning("not watching %s for changes to our CDI spec: %s", cdi_dir, exc.strerror)
         self._add_dev_tree("")
         asyncio.get_running_loop().add_reader(self._inotify.fileno(), self._on_readable)
 
@@ -128,6 +140,9 @@ class Watcher:
             self._plugin_event(event)
         elif event.wd == self._config_wd:
             self._sink.config_changed()
+        elif event.wd == self._cdi_wd:
+            if event.name == self._cdi_file:
+                self._sink.cdi_changed()
         elif event.wd in self._dev_watches:
             self._dev_event(event)
 
