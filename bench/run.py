@@ -90,6 +90,7 @@ class Node:
         self.extra = list(extra)
         self.kubelet = KubeletStandin(str(self.plugins))
         self.proc: subprocess.Popen[bytes] | None = None
+        self.cleanup: list[Path] = [self.root]
 
     async def start(self, expect: int) -> float:
         await self.kubelet.start()
@@ -124,7 +125,8 @@ class Node:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(10)
         await self.kubelet.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
+        for path in self.cleanup:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 async def idle_cpu(pid: int, seconds: float) -> float:
@@ -210,9 +212,12 @@ async def core(args: argparse.Namespace) -> None:
 
 
 async def timed_events(node: Node, count: int, act: Callable[[int], None],
-                       done: Callable[[int], bool]) -> list[float]:
+                       done: Callable[[int], bool],
+                       prepare: Callable[[int], None] | None = None) -> list[float]:
     out = []
     for i in range(count):
+        if prepare is not None:
+            prepare(i)  # not timed: what exists before the event (a device's sysfs entry)
         t0 = time.monotonic()
         act(i)
         await node.kubelet.wait_for(lambda i=i: done(i), timeout=10)  # type: ignore[misc]
@@ -310,11 +315,20 @@ ATTRIBUTE_RULE = """\
 """
 
 
+def fake_sysfs(node: Node) -> FakeSysfs:
+    """A fake sysfs tree for ``node``, in memory (/dev/shm) like the kernel's: on ext4 every
+    long symlink costs a disk block and reading it back costs more than sysfs does."""
+    shm = Path("/dev/shm")
+    root = Path(tempfile.mkdtemp(prefix="sdm-bench-sys-", dir=shm if os.access(shm, os.W_OK) else None))
+    node.extra += ["--sys-dir", str(root)]
+    node.cleanup.append(root)
+    return FakeSysfs(str(root))
+
+
 async def identity(args: argparse.Namespace) -> None:
     print("devices by what they are (issue 8): sysfs attributes, fake sysfs tree")
     node = Node([], ATTRIBUTE_RULE, "--removal-grace", "3600")
-    sysfs = FakeSysfs(str(node.root / "sys"))
-    node.extra += ["--sys-dir", str(node.root / "sys")]
+    sysfs = fake_sysfs(node)
     t0 = time.monotonic()
     adapters = sysfs.adapters(args.many)
     built = time.monotonic() - t0
@@ -332,8 +346,7 @@ async def identity(args: argparse.Namespace) -> None:
     await node.close()
 
     node = Node([], ATTRIBUTE_RULE, "--removal-grace", "3600")
-    sysfs = FakeSysfs(str(node.root / "sys"))
-    node.extra += ["--sys-dir", str(node.root / "sys")]
+    sysfs = fake_sysfs(node)
     for device in sysfs.adapters(20):
         os.mknod(node.dev / device.node, stat.S_IFCHR | 0o660, os.makedev(device.major, device.minor))
     await node.start(20)
@@ -343,20 +356,30 @@ async def identity(args: argparse.Namespace) -> None:
     report(f"20 attribute-matched devices: idle CPU over {args.idle:g}s", f"{cpu:.3f} %", "0 (<= 0.1 %)")
     report("20 attribute-matched devices: VmRSS / VmHWM", f"{mem['VmRSS']:.1f} / {mem['VmHWM']:.1f} MiB",
            "(default config: <= 22 MiB, core section)")
-    devices = {}
+    def appear(i: int) -> None:  # the kernel adds the sysfs entry before devtmpfs makes the node
+        sysfs.ftdi(port=f"1-2.{1 + i % 4}.{1 + i // 4}", node=f"ttyUSB{5000 + i}", minor=5000 + i,
+                   serial=f"HP{i:05d}")
 
     def plug(i: int) -> None:
-        minor = 5000 + i
-        devices[i] = sysfs.ftdi(port=f"1-2.{1 + i % 4}.{1 + i // 4}", node=f"ttyUSB{minor}", minor=minor,
-                                serial=f"HP{i:05d}")
-        os.mknod(node.dev / f"ttyUSB{minor}", stat.S_IFCHR | 0o660, os.makedev(188, minor))
+        os.mknod(node.dev / f"ttyUSB{5000 + i}", stat.S_IFCHR | 0o660, os.makedev(188, 5000 + i))
+
+    def unplug(i: int) -> None:
+        os.unlink(node.dev / f"ttyUSB{5000 + i}")
 
     def healthy(i: int) -> bool:
         return node.kubelet.healthy(f"{PREFIX}serial-HP{i:05d}") == 1
 
-    new = await timed_events(node, args.events, plug, healthy)
+    def unhealthy(i: int) -> bool:
+        state = node.kubelet.plugins.get(f"{PREFIX}serial-HP{i:05d}")
+        return state is not None and state.devices.get("0") == "Unhealthy"
+
+    new = await timed_events(node, args.events, plug, healthy, prepare=appear)
     report(f"hotplug of an attribute-matched device -> Healthy, {args.events}",
            f"p50 {pct(new, 50):.1f} / p99 {pct(new, 99):.1f} ms", "p99 <= 100 ms")
+    report(f"  (attribute-matched devices on the node at the end: {20 + args.events})", "", "")
+    gone = await timed_events(node, args.events, unplug, unhealthy)
+    report(f"unplug of an attribute-matched device -> Unhealthy, {args.events}",
+           f"p50 {pct(gone, 50):.1f} / p99 {pct(gone, 99):.1f} ms", "p99 <= 100 ms")
     await node.close()
 
 
