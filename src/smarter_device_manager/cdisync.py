@@ -208,7 +208,7 @@ class CdiKeeper:
                     self.writes += 1
         except OSError as exc:
             error = f"cannot write the CDI spec in {s.cdi_dir}: {exc.strerror or exc}"
-            if not os.path.isdir(s.cdi_dir):
+            if not os.path.exists(s.cdi_dir):
                 error = (f"CDI directory {s.cdi_dir} does not exist (mount the host's CDI directory "
                          "there, or run with --cdi off)")
             if error != self.error:
