@@ -67,7 +67,6 @@ class Settings:
     sys_dir: str = "/sys"
     pass_device_specs: bool = False
     cdi: CdiSettings | None = None  # --cdi on
-    cdi_device_specs: bool = True
     http_host: str | None = None
     http_port: int = 0
 
@@ -86,7 +85,7 @@ class Daemon:
             from smarter_device_manager.cdisync import CdiKeeper
 
             self.cdi = CdiKeeper(settings.cdi)
-        paths = Paths(settings.dev_dir, settings.host_dev_dir, self.cdi, settings.cdi_device_specs)
+        paths = Paths(settings.dev_dir, settings.host_dev_dir, self.cdi)
         self.reconciler = Reconciler(
             settings.prefix, paths, settings.plugin_dir,
             self.registrar, self.metrics, settings.removal_grace,

@@ -69,7 +69,6 @@ class Paths:
     dev_dir: str
     host_dev_dir: str
     cdi: CdiKeeper | None = None
-    cdi_device_specs: bool = True  # with CDI names, also the DeviceSpecs/envs/mounts
 
 
 class DevicePlugin(DevicePluginService):
@@ -286,9 +285,10 @@ class DevicePlugin(DevicePluginService):
             except CdiError as exc:
                 log.warning("%s: answering without CDI: %s", self.resource_name, exc)
             else:
+                # The DeviceSpecs, envs and mounts go along: a kubelet before 1.31 (or with
+                # the gate off) ignores cdi_devices, and containerd 2.3 with both merges them
+                # (one device, one mount; tried on Kubernetes 1.36, docs/decisions.md).
                 answer.cdi_devices = [pb.CDIDevice(name=name) for name in names]
-                if not self._paths.cdi_device_specs:
-                    answer = pb.ContainerAllocateResponse(cdi_devices=answer.cdi_devices)
         return answer
 
     def _members(self, ids: list[str]) -> list[Member]:
