@@ -181,6 +181,11 @@ def _node_edit(device: str, node: NodeEdit) -> dict[str, Any]:
     }
 
 
+def device_entry(device: CdiDevice) -> dict[str, Any]:
+    """One device's entry in a spec; raises CdiError when no runtime would take it."""
+    return _device_entry(device)
+
+
 def _device_entry(device: CdiDevice) -> dict[str, Any]:
     problem = _name_problem(device.name)
     if problem:
@@ -215,16 +220,22 @@ def build_spec(kind: str, devices: Iterable[CdiDevice]) -> dict[str, Any]:
     Raises CdiError for the first device no runtime would take (its node missing or not a
     device, a bad name or env, no edits), for duplicate names, for an invalid kind and for no
     devices at all (runtimes refuse an empty spec: remove the file instead). A caller that
-    wants the other devices catches the error per device, e.g. by building each one alone.
+    wants the other devices makes each entry with :func:`device_entry` and leaves out the
+    ones that raise, then calls :func:`assemble`.
     """
-    problem = kind_problem(kind)
-    if problem:
-        raise CdiError(f"invalid CDI kind {kind!r}: {problem}")
     entries: dict[str, dict[str, Any]] = {}
     for device in devices:
         if device.name in entries:
             raise CdiError(f"CDI device {device.name!r} is defined twice in {kind}")
         entries[device.name] = _device_entry(device)
+    return assemble(kind, entries)
+
+
+def assemble(kind: str, entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A spec of ready entries (by device name), with the lowest cdiVersion that holds them."""
+    problem = kind_problem(kind)
+    if problem:
+        raise CdiError(f"invalid CDI kind {kind!r}: {problem}")
     if not entries:
         raise CdiError(f"a CDI spec for {kind} needs at least one device")
     spec: dict[str, Any] = {
@@ -292,7 +303,9 @@ def min_version(spec: dict[str, Any]) -> str:
 
 
 def _encode(spec: dict[str, Any]) -> bytes:
-    return (json.dumps(spec, indent=2) + "\n").encode()
+    # Compact: json's C encoder only runs without indent, and a 1,000-device spec then encodes
+    # in a few ms instead of 150 (the daemon rewrites it after hotplug). `cdi` prints it indented.
+    return (json.dumps(spec, separators=(",", ":")) + "\n").encode()
 
 
 def write_spec(cdi_dir: str, file_name: str, spec: dict[str, Any]) -> bool:

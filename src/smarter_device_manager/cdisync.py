@@ -43,7 +43,8 @@ from smarter_device_manager.cdi import (
     CdiDevice,
     CdiError,
     NodeEdit,
-    build_spec,
+    assemble,
+    device_entry,
     device_name,
     qualified,
     read_spec,
@@ -93,6 +94,8 @@ class CdiKeeper:
         self._combos: dict[str, tuple[str, tuple[str, ...]]] = {}  # name -> (resource, identities)
         self._inventory: Inventory | None = None
         self._spec: dict[str, Any] | None = None
+        self._entries: dict[str, dict[str, Any]] = {}  # checked spec entries, by device name
+        self._qualified: dict[str, str] = {}
 
     @property
     def usable(self) -> bool:
@@ -104,6 +107,7 @@ class CdiKeeper:
         still need), and the devices left out, with why."""
         problems: list[str] = []
         wanted: dict[str, CdiDevice] = {}
+        self._entries = {}
         for resource in inventory.resources.values():
             if resource.kind == KIND_POOL:
                 for member in resource.members:
@@ -116,8 +120,12 @@ class CdiKeeper:
                 self._add(wanted, self._device(*found), problems)
         for name, old in self._devices.items():
             if name not in wanted and _nodes_exist(old):
-                wanted[name] = old  # a container given it may restart and need it
+                self._add(wanted, old, problems)  # a container given it may restart and need it
         return wanted, problems
+
+    def spec(self, wanted: dict[str, CdiDevice]) -> dict[str, Any]:
+        """The spec of devices that ``wanted`` (or ``_add``) already checked."""
+        return assemble(self.settings.kind, {n: self._entries[n] for n in wanted})
 
     def sync(self, inventory: Inventory) -> None:
         """Make the file describe ``inventory``."""
@@ -144,13 +152,19 @@ class CdiKeeper:
             if name not in self._devices:
                 self._combos[name] = (resource.name, tuple(m.identity for m in given))
                 devices = dict(self._devices)
-                devices[name] = self._device(resource, given)
+                problems: list[str] = []
+                self._add(devices, self._device(resource, given), problems)
+                if problems:
+                    raise CdiError(problems[0])
                 self._write(devices)
                 if self.error is not None:
                     raise CdiError(self.error)
         if name not in self._devices:
             raise CdiError(f"{name} is not in the CDI spec ({'; '.join(self.problems) or 'no nodes'})")
-        return [qualified(self.settings.kind, name)]
+        full = self._qualified.get(name)
+        if full is None:
+            full = self._qualified[name] = qualified(self.settings.kind, name)
+        return [full]
 
     def repair(self) -> None:
         """The file changed behind our back (or the directory came back): write it again."""
@@ -186,10 +200,10 @@ class CdiKeeper:
             return None
         return resource, [by_identity[i] for i in identities]
 
-    @staticmethod
-    def _add(wanted: dict[str, CdiDevice], device: CdiDevice, problems: list[str]) -> None:
+    def _add(self, wanted: dict[str, CdiDevice], device: CdiDevice, problems: list[str]) -> None:
+        """Check ``device`` alone: one bad node spoils only its own device, not the file."""
         try:
-            build_spec("a.io/ok", [device])  # each device alone: one bad node spoils only itself
+            self._entries[device.name] = device_entry(device)
         except CdiError as exc:
             problems.append(f"not in the CDI spec: {exc}")
             return
@@ -202,7 +216,7 @@ class CdiKeeper:
                 remove_spec(s.cdi_dir, self.file_name)
                 spec = None
             else:
-                spec = build_spec(s.kind, devices.values())
+                spec = self.spec(devices)
                 # write_spec compares with the file itself: a burst that changes nothing writes nothing.
                 if write_spec(s.cdi_dir, self.file_name, spec):
                     self.writes += 1

@@ -390,15 +390,13 @@ def _cdi(args: argparse.Namespace) -> int:
     for problem in inventory.problems:
         print(f"warning: {problem}", file=sys.stderr)
     if not args.write:
-        from smarter_device_manager.cdi import build_spec
-
         devices, problems = keeper.wanted(inventory)
         for problem in problems:
             print(f"warning: {problem}", file=sys.stderr)
         if not devices:
             print("error: no device to put in a CDI spec", file=sys.stderr)
             return 1
-        print(json.dumps(build_spec(args.cdi_kind, devices.values()), indent=2))
+        print(json.dumps(keeper.spec(devices), indent=2))
         return 0
     keeper.sync(inventory)
     for problem in keeper.problems:
