@@ -205,7 +205,9 @@ class CdiKeeper:
         try:
             self._entries[device.name] = device_entry(device)
         except CdiError as exc:
-            problems.append(f"not in the CDI spec: {exc}")
+            if all(os.path.lexists(n.local_path) for n in device.nodes):
+                problems.append(f"not in the CDI spec: {exc}")
+            # else: unplugged since the walk saw it; the rescan its event brings settles it
             return
         wanted[device.name] = device
 
