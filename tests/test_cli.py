@@ -23,7 +23,7 @@ BAD = {
     "--http-address": ("nonsense", "'nonsense' is not HOST:PORT"),
     "--log-level": ("verbose", "invalid choice 'verbose'; choose from debug, info, warning, error"),
     "--log-format": ("xml", "invalid choice 'xml'; choose from text, json"),
-    "--sys-dir": ("sys", "sys dir 'sys' must be an absolute path"),
+    "--sys-dir": ("", "sys dir must not be empty (the default is /sys)"),
     "--pass-device-specs": ("maybe", "'maybe' is not a boolean; use true or false"),
 }
 SERVE = sorted(BAD)

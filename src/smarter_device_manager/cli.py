@@ -195,6 +195,15 @@ def _cdi_options(parser: _Parser, switch: bool) -> None:
                           help="the CDI kind of our devices (default smarter-devices.io/device)")
 
 
+def _sys_dir(text: str) -> str:
+    """The sysfs root; relative paths are fine (a fake tree in a test directory). Not checked
+    for existence here: a config of plain rules never reads it, and one that does says which
+    device has no sysfs entry."""
+    if not text:
+        raise argparse.ArgumentTypeError("sys dir must not be empty (the default is /sys)")
+    return os.path.abspath(text)
+
+
 def _discovery_options(parser: _Parser) -> None:
     parser.add_env_option("--config", _config_path, None, metavar="PATH",
                           help=f"rules file (default {DEFAULT_CONFIG}, or the embedded default "
@@ -203,7 +212,7 @@ def _discovery_options(parser: _Parser) -> None:
                           help="where to look for devices (default /dev)")
     parser.add_env_option("--resource-prefix", _prefix, DEFAULT_PREFIX, metavar="NAME",
                           help=f"resource name domain (default {DEFAULT_PREFIX})")
-    parser.add_env_option("--sys-dir", _absolute("sys dir"), "/sys", metavar="DIR",
+    parser.add_env_option("--sys-dir", _sys_dir, "/sys", metavar="DIR",
                           help="the sysfs root that attribute rules, name templates, pools and "
                           "nvidia-gpu read (default /sys)")
     parser.add_env_option("--pass-device-specs", _boolean, "false", metavar="BOOL", nargs="?",
