@@ -15,8 +15,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from smarter_device_manager import __version__
 from smarter_device_manager.config import DEFAULT_PATH as DEFAULT_CONFIG
@@ -38,8 +37,7 @@ class _Formatter(argparse.HelpFormatter):
 _UNSET: Any = object()  # an option's value when its flag was not given
 
 
-@dataclass(frozen=True)
-class _EnvOption:
+class _EnvOption(NamedTuple):
     flag: str
     variable: str
     convert: Callable[[str], Any]

@@ -39,8 +39,7 @@ import importlib
 import inspect
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -309,9 +308,9 @@ def _check_hpack_deque(target: Any) -> None:
     _deque_calls_fit_small_list(_attr(_module("hpack.table"), "HeaderTable"))
 
 
-@dataclass(frozen=True)
-class Trim:
-    """Replace ``module.attribute`` by ``build(current)`` if ``check(current)`` passes."""
+class Trim(NamedTuple):
+    """Replace ``module.attribute`` by ``build(current)`` if ``check(current)`` passes.
+    (A NamedTuple, not a dataclass: a dataclass's generated methods cost 9 KB more.)"""
 
     module: str
     attribute: str
