@@ -69,6 +69,15 @@ def http_get(url: str) -> str:
         return str(response.read().decode())
 
 
+def free_port() -> int:
+    """A port nobody listens on now (benchmarks of other checkouts may run beside this one)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
@@ -188,11 +197,12 @@ async def core(args: argparse.Namespace) -> None:
            f"{time.monotonic() - t0:.3f}s", "<= 1.5 s")
     await node.close()
 
-    node = Node(DEFAULT_DEVICES, None, "--http-address", "127.0.0.1:18089")
+    port = free_port()
+    node = Node(DEFAULT_DEVICES, None, "--http-address", f"127.0.0.1:{port}")
     await node.start(DEFAULT_RESOURCES)
     loop = asyncio.get_running_loop()
     for path in ("/metrics", "/readyz", "/healthz") * 20:
-        await loop.run_in_executor(None, http_get, f"http://127.0.0.1:18089{path}")
+        await loop.run_in_executor(None, http_get, f"http://127.0.0.1:{port}{path}")
     await asyncio.sleep(0.5)
     mem = proc_status(node.proc.pid) if node.proc else {}
     report("with the HTTP listener on, 60 scrapes: VmRSS / VmHWM",
@@ -409,16 +419,17 @@ async def cdi(args: argparse.Namespace) -> None:
     await node.close()
 
     config = "- devicematch: ^ttyUSB[0-9]+$\n  nummaxdevices: 1\n"
+    port = free_port()
     spec_dir = Path(tempfile.mkdtemp(prefix="sdm-bench-cdi-"))
     node = Node([f"ttyUSB{i}" for i in range(args.many)], config, "--removal-grace", "0", "--cdi", "on",
-                "--cdi-dir", str(spec_dir), "--http-address", "127.0.0.1:18090")
+                "--cdi-dir", str(spec_dir), "--http-address", f"127.0.0.1:{port}")
     node.cleanup.append(spec_dir)
     await node.start(args.many)
     assert node.proc is not None
     loop = asyncio.get_running_loop()
 
     async def writes() -> int:
-        text = await loop.run_in_executor(None, http_get, "http://127.0.0.1:18090/metrics")
+        text = await loop.run_in_executor(None, http_get, f"http://127.0.0.1:{port}/metrics")
         name = "smarter_device_manager_cdi_spec_writes_total"
         line = next(x for x in text.splitlines() if x.startswith(name))
         return int(float(line.split()[-1]))
