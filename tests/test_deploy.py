@@ -168,12 +168,16 @@ def assert_daemon_pod_spec(spec: Obj, plugin_host_dir: str) -> None:
     assert spec["terminationGracePeriodSeconds"] == 10
     assert EDGE_TOLERATION in spec["tolerations"]
 
-    # Mounts: the kubelet's socket dir (rw), the host's /dev read-only at /dev, the config;
-    # no /sys, no subPath (a subPath mount would never see ConfigMap updates).
+    # Mounts: the kubelet's socket dir (rw), the host's /dev and /sys read-only at /dev and
+    # /sys (sysfs attributes select devices), the config; no subPath (a subPath mount would
+    # never see ConfigMap updates).
     by_path = mounts(container)
-    assert set(by_path) == {CONTAINER_PLUGIN_DIR, "/dev", "/root/config"}
+    assert set(by_path) == {CONTAINER_PLUGIN_DIR, "/dev", "/sys", "/root/config"}
     assert not by_path[CONTAINER_PLUGIN_DIR].get("readOnly", False)
     assert by_path["/dev"]["readOnly"] is True
+    assert by_path["/sys"]["readOnly"] is True
+    assert host_path_of(spec, container, "/sys") == "/sys"
+    assert volumes(spec)[by_path["/sys"]["name"]]["hostPath"]["type"] == "Directory"
     assert all("subPath" not in m for m in by_path.values())
     assert host_path_of(spec, container, CONTAINER_PLUGIN_DIR) == plugin_host_dir
     assert host_path_of(spec, container, "/dev") == "/dev"
