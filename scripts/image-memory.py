@@ -12,6 +12,9 @@ daemon's /proc/PID/status from the host every 10 s and prints VmRSS/VmHWM/RssAno
 
 A foreign-architecture image runs under qemu-user: PID is then the qemu process, whose RSS holds
 the emulated program's pages *plus* qemu itself and its translated-code cache: an upper bound.
+For those the script also prints "guest": the RSS (from /proc/PID/smaps) of the mappings below
+qemu's own heap that are not qemu's binary, i.e. where qemu-user places the guest's address
+space (guest_base 0 on this x86-64 host): an estimate of what the program itself uses.
 """
 
 from __future__ import annotations
@@ -38,7 +41,30 @@ FIELDS = ("VmRSS", "VmHWM", "RssAnon", "RssFile", "Threads")
 
 def status(pid: str) -> dict[str, str]:
     with open(f"/proc/{pid}/status") as f:
-        return {k: v.strip() for k, _, v in (line.partition(":") for line in f) if k in FIELDS}
+        found = {k: v.strip() for k, _, v in (line.partition(":") for line in f) if k in FIELDS}
+    guest = guest_rss_kb(pid)
+    if guest is not None:
+        found["guest"] = f"{guest} kB"
+    return found
+
+
+def guest_rss_kb(pid: str) -> int | None:
+    """Under qemu-user: RSS of the guest's mappings (below qemu's [heap], not qemu's binary)."""
+    vmas: list[tuple[int, str, int]] = []  # start, name, rss kB
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split()
+            if "-" in head[0] and len(head) >= 5 and ":" in head[3]:
+                vmas.append((int(head[0].split("-")[0], 16), head[5] if len(head) > 5 else "", 0))
+            elif head[0] == "Rss:":
+                start, name, _ = vmas[-1]
+                vmas[-1] = (start, name, int(head[1]))
+    if not any("qemu" in name for _, name, _ in vmas):
+        return None  # native: VmRSS is the figure
+    heap = min((start for start, name, _ in vmas if name == "[heap]"), default=None)
+    if heap is None:
+        return None
+    return sum(rss for start, name, rss in vmas if start < heap and "qemu" not in name)
 
 
 async def measure(image: str, podman: list[str], seconds: int, extra: list[str]) -> None:
