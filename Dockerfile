@@ -22,10 +22,10 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv \
  && rm -rf /var/lib/apt/lists/*
 
-# PyPI has no 32-bit ARM wheels for PyYAML (nor, for some releases, multidict): pip builds
-# those from source there. Keep that a pure-Python build, in seconds, with no gcc/libyaml:
-# PYYAML_FORCE_LIBYAML=0 skips PyYAML's optional C extension, MULTIDICT_NO_EXTENSIONS=1 is
-# multidict's switch for the same. amd64/arm64 get binary wheels and ignore both variables.
+# PyPI has no 32-bit ARM wheels for PyYAML: pip builds it from source there. Keep that a
+# pure-Python build, in seconds, with no gcc/libyaml: PYYAML_FORCE_LIBYAML=0 skips PyYAML's
+# optional C extension. MULTIDICT_NO_EXTENSIONS=1 is multidict's switch for the same, should pip
+# ever build it from source.
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYYAML_FORCE_LIBYAML=0 \
     MULTIDICT_NO_EXTENSIONS=1
@@ -37,13 +37,19 @@ WORKDIR /build
 # Runtime deps first (grpclib and PyYAML, straight from pyproject.toml's exact pins; their own
 # dependencies pinned by constraints.txt), so this layer stays cached while only src/ changes.
 # No protobuf: the daemon encodes the device-plugin API's messages itself.
-# PyYAML's C extension goes again: the daemon parses with the pure-Python SafeLoader (it needs
+# multidict comes from its pure-Python wheel (py3-none-any) on every architecture: under qemu an
+# arm/v6 (armel) build sees an armv7l CPU, and pip would take the manylinux armv7l wheel, whose
+# hard-float extension armel's loader cannot load. grpclib's use of it is a few headers per call;
+# the C extension saved nothing measurable (docs/image.md) and cost 1.5 MB.
+# PyYAML's C extension goes too: the daemon parses with the pure-Python SafeLoader (it needs
 # yaml.compose's line marks), so _yaml was never used, only imported (2.6 MB on disk, mapped into
-# every daemon). Removing it gives every architecture the same pure-Python PyYAML.
+# every daemon). Every architecture gets the same pure-Python PyYAML and multidict.
 COPY pyproject.toml constraints.txt ./
 RUN python3 -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"], sep="\n")' >requirements.txt \
- && /opt/venv/bin/pip install --no-cache-dir --no-compile -c constraints.txt -r requirements.txt \
- && rm -rf /opt/venv/lib/python3*/site-packages/_yaml \
+ && /opt/venv/bin/pip download --no-cache-dir --no-deps --only-binary=:all: --platform any \
+      --implementation py --abi none --python-version 3 -c constraints.txt -d /tmp/pure multidict \
+ && /opt/venv/bin/pip install --no-cache-dir --no-compile -c constraints.txt /tmp/pure/multidict-*-py3-none-any.whl -r requirements.txt \
+ && rm -rf /tmp/pure /opt/venv/lib/python3*/site-packages/_yaml \
            /opt/venv/lib/python3*/site-packages/yaml/_yaml.* \
            /opt/venv/lib/python3*/site-packages/yaml/cyaml.py
 

@@ -206,7 +206,10 @@ def add_path(dest: Path, path: str, seen: set[str]) -> None:
 
 
 def elf_deps(path: str) -> list[str]:
-    out = subprocess.run(["ldd", path], capture_output=True, text=True, check=True).stdout
+    proc = subprocess.run(["ldd", path], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:  # e.g. an extension built for another ABI (armhf .so on armel)
+        sys.exit(f"ldd {path} failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
+    out = proc.stdout
     deps = []
     for line in out.splitlines():
         match = re.search(r"(?:=>\s*)?(/\S+)\s+\(0x", line)

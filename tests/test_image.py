@@ -338,7 +338,10 @@ def run_image(cmd: list[str], *args: str, entrypoint: str | None = None,
                            "--cap-drop=ALL", *(["--entrypoint", entrypoint] if entrypoint else []),
                            image, *args], capture_output=True, text=True, timeout=120,
                           check=False)
-    return f"rc={proc.returncode}\n{proc.stdout}{proc.stderr}"
+    # podman warns on stderr when the image's platform is not the host's (qemu runs it).
+    stderr = "".join(line for line in proc.stderr.splitlines(keepends=True)
+                     if not line.startswith("WARNING: image platform"))
+    return f"rc={proc.returncode}\n{proc.stdout}{stderr}"
 
 
 @pytest.mark.parametrize("platform", list(BUILT_IMAGES))
@@ -347,8 +350,10 @@ def test_built_image_size_labels_and_version(platform: str) -> None:
     cmd = podman(image)
     info = json.loads(subprocess.run([*cmd, "image", "inspect", image], capture_output=True,
                                      text=True, check=True).stdout)[0]
-    arch = "/".join(["linux", info["Architecture"], *([info["Variant"]] if info.get("Variant") else [])])
-    assert arch == platform.replace("arm/v6", "arm/v5")  # armel: Debian's ARMv5 EABI, runs on v6
+    # buildah 1.28 may leave the variant out; armel is Debian's ARMv5 EABI, which runs on v6.
+    expected = platform.replace("arm/v6", "arm/v5").split("/")
+    assert info["Architecture"] == expected[1]
+    assert info.get("Variant") in (None, "", *expected[2:])
     assert info["Size"] <= size_limit, f"{info['Size']:,} bytes > {size_limit:,}"
     labels = info["Config"]["Labels"]
     assert labels["org.opencontainers.image.licenses"] == "Apache-2.0"
