@@ -47,7 +47,7 @@ WORKDIR /build
 COPY pyproject.toml constraints.txt ./
 RUN python3 -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"], sep="\n")' >requirements.txt \
  && /opt/venv/bin/pip download --no-cache-dir --no-deps --only-binary=:all: --platform any \
-      --implementation py --abi none --python-version 3 -c constraints.txt -d /tmp/pure multidict \
+      -c constraints.txt -d /tmp/pure multidict \
  && /opt/venv/bin/pip install --no-cache-dir --no-compile -c constraints.txt /tmp/pure/multidict-*-py3-none-any.whl -r requirements.txt \
  && rm -rf /tmp/pure /opt/venv/lib/python3*/site-packages/_yaml \
            /opt/venv/lib/python3*/site-packages/yaml/_yaml.* \
