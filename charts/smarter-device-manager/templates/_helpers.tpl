@@ -43,7 +43,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 The image reference; an empty tag means the chart's appVersion.
 */}}
 {{- define "smarter-device-manager.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s:%s@%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag | toString) .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag | toString) }}
+{{- end }}
 {{- end }}
 
 {{/*
