@@ -66,6 +66,10 @@ daemon reads /root/config/conf.yaml, where the ConfigMap is mounted.
 {{- if .Values.http.enabled }}
 - {{ printf "--http-address=0.0.0.0:%d" (.Values.http.port | int64) | quote }}
 {{- end }}
+{{- if .Values.cdi.enabled }}
+- "--cdi=on"
+- "--cdi-dir=/var/run/cdi"
+{{- end }}
 {{- range .Values.extraArgs }}
 - {{ . | quote }}
 {{- end }}
