@@ -533,7 +533,8 @@ BAD_VALUES = {
     "pool-not-bool": "config:\n  - {subsystem: tty, name: p, pool: yes-please, nummaxdevices: 1}\n",
     "relative-containerpath": "config:\n  - {subsystem: tty, containerpath: dev/gps, nummaxdevices: 1}\n",
     "env-not-string": "config:\n  - {subsystem: tty, env: {BAUD: 9600}, nummaxdevices: 1}\n",
-    "mount-without-hostpath": "config:\n  - {subsystem: tty, mounts: [{containerpath: /x}], nummaxdevices: 1}\n",
+    "mount-without-hostpath":
+        "config:\n  - {subsystem: tty, mounts: [{containerpath: /x}], nummaxdevices: 1}\n",
     "cdi-relative-dir": "cdi:\n  enabled: true\n  hostDir: var/run/cdi\n",
     "cdi-enabled-not-bool": 'cdi:\n  enabled: "yes"\n',
     "cdi-typo": "cdi:\n  enable: true\n",
