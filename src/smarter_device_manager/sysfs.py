@@ -111,17 +111,7 @@ class Sysfs:
             link = ""
             if ".." not in todo:
                 full = real + "/" + "/".join(reversed(todo))
-                prefix = full
-                pending: list[str] = []
-                while prefix != real and prefix not in known:
-                    pending.append(prefix)
-                    prefix = prefix[: prefix.rfind("/")]
-                for candidate in reversed(pending):
-                    mode = os.lstat(candidate).st_mode
-                    if stat.S_ISLNK(mode):
-                        link = candidate
-                        break
-                    known[candidate] = mode
+                link = self._first_link(full, real)
                 if not link:
                     return full
                 rest = full[len(link) + 1 :]
@@ -163,6 +153,13 @@ class Sysfs:
         if not rest or rest[0] == "/" or "//" in rest or "/./" in f"/{rest}/" or "/../" in f"/{rest}/":
             return None
         full = f"{base}/{rest}"
+        return None if self._first_link(full, base) else full
+
+    def _first_link(self, full: str, base: str) -> str:
+        """The first symlink on ``full`` below the real directory ``base``, or "" if none.
+
+        Only the components below the longest prefix already known real are ``lstat``-ed (and
+        remembered as real); raises OSError as ``lstat`` does."""
         known = self._real
         prefix = full
         pending: list[str] = []
@@ -172,9 +169,9 @@ class Sysfs:
         for candidate in reversed(pending):
             mode = os.lstat(candidate).st_mode
             if stat.S_ISLNK(mode):
-                return None
+                return candidate
             known[candidate] = mode
-        return full
+        return ""
 
     def device_dir(self, block: bool, major: int, minor: int) -> str:
         """Path (relative to root) of the device dir that <root>/dev/{char|block}/M:m points to. Raises
