@@ -218,7 +218,8 @@ class FakeSysfs:
         parent = self.usb_hub(above) if above else self.usb_bus(int(bus))
         rel = f"{parent}/{port}"
         self._usb_device(rel, int(bus), ports, vid=vid, pid=pid, manufacturer=manufacturer, product=product,
-                         serial=serial, interfaces=interfaces, devnum=devnum, bcd=bcd, device_class=device_class)
+                         serial=serial, interfaces=interfaces, devnum=devnum, bcd=bcd,
+                         device_class=device_class)
         return rel
 
     def _usb_device(self, rel: str, bus: int, devpath: str, *, vid: str, pid: str, manufacturer: str | None,
@@ -247,7 +248,8 @@ class FakeSysfs:
             "TYPE": f"{int(device_class, 16)}/0/0", "BUSNUM": f"{bus:03d}", "DEVNUM": f"{devnum:03d}",
         })
         # The raw descriptors: binary, not UTF-8 (0xa0 is bMaxPower's byte), as on a real device.
-        self.write(f"{rel}/descriptors", bytes.fromhex("12010002000000080304016000060102030109022000010100a02d"))
+        self.write(f"{rel}/descriptors",
+                   bytes.fromhex("12010002000000080304016000060102030109022000010100a02d"))
         self.dev_link(False, 189, minor, rel)
 
     def _interface(self, usb: str, name: str, *, number: int, cls: str, driver: str | None,
@@ -331,7 +333,7 @@ class FakeSysfs:
         capture, metadata = (
             self.class_device(f"{control}/video4linux/{node}", "video4linux", node, 81, minor, usb=usb,
                               attrs={"name": "USB Camera", "index": str(index), "dev_debug": "0"})
-            for index, (node, minor) in enumerate(zip(nodes, minors))
+            for index, (node, minor) in enumerate(zip(nodes, minors, strict=True))
         )
         return capture, metadata
 

@@ -159,7 +159,8 @@ class Sysfs:
             real = self._resolve(link)
         except OSError as exc:
             if not os.path.lexists(link):
-                raise SysfsError(f"{link} does not exist: sysfs knows no {kind} device {major}:{minor}") from None
+                raise SysfsError(
+                    f"{link} does not exist: sysfs knows no {kind} device {major}:{minor}") from None
             raise SysfsError(self._link_problem(link, exc)) from None
         except ValueError:  # a NUL byte in a link target: not a tree the kernel makes
             raise SysfsError(f"{link} has an invalid target") from None
@@ -390,7 +391,8 @@ class Sysfs:
         Two adapters that share a serial (vendors that ship "0001" on every unit) get the same identity:
         callers must treat duplicates as a problem, this method cannot see the other device."""
         for position, level in enumerate(chain):
-            if self.attribute(level.path, "idVendor") is None or self.attribute(level.path, "idProduct") is None:
+            if (self.attribute(level.path, "idVendor") is None
+                    or self.attribute(level.path, "idProduct") is None):
                 continue
             serial = (self.attribute(level.path, "serial") or "").strip()
             ident = serial or "usb-" + level.path.rpartition("/")[2]
