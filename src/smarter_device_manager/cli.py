@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Kubernetes device plugin: advertises /dev nodes matched by rules as "
         "extended resources and hands them to containers.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{serve,list,check-config}")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,list,check-config,dra}")
 
     serve = sub.add_parser("serve", help="run the device plugin (the default)",
                            formatter_class=_Formatter)
@@ -123,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file: exit 0 if valid, 2 if not",
                            formatter_class=_Formatter)
     check.add_argument("path")
+
+    # DRA mode (docs/dra.md). Its options and start-up live in dracli.py, which imports nothing
+    # of DRA mode until it runs: `serve` keeps its memory.
+    from smarter_device_manager import dracli
+
+    dracli.add_parser(sub, _discovery_options, _Formatter, parse_address)
     return parser
 
 
@@ -138,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
             return _check_config(args.path)
         if args.command == "list":
             return _list(args)
+        if args.command == "dra":
+            from smarter_device_manager import dracli
+
+            return dracli.run(args, _resolve_config, _load_or_exit)
         return _serve(args)
     except BrokenPipeError:  # `... | head` closed our stdout: not an error
         sys.stderr.close()
