@@ -62,6 +62,16 @@ def absolute_dir(text: str) -> str:
     return text.rstrip("/") or "/"
 
 
+def _one_of(*choices: str) -> Callable[[str], str]:
+    """A ``type=`` check instead of ``choices=``: argparse checks choices for flags only, never
+    for a default, so a bad SDM_LOG_LEVEL would get through ``choices``."""
+    def check(text: str) -> str:
+        if text.lower() not in choices:
+            raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(choices)})")
+        return text.lower()
+    return check
+
+
 def add_parser(sub: Any, discovery_options: Callable[[argparse.ArgumentParser], None],
                formatter: type[argparse.HelpFormatter],
                parse_address: Callable[[str], tuple[str, int] | None]) -> None:
@@ -91,10 +101,10 @@ def add_parser(sub: Any, discovery_options: Callable[[argparse.ArgumentParser], 
     dra.add_argument("--state-dir", type=absolute_dir, default=_env("state-dir"),
                      help="where the checkpoint of prepared claims is kept (default "
                      "<kubelet-plugins-dir>/<driver>) [SDM_STATE_DIR]")
-    dra.add_argument("--log-level", default=_env("log-level", "info"),
-                     choices=["debug", "info", "warning", "error"], type=str.lower, help="[SDM_LOG_LEVEL]")
-    dra.add_argument("--log-format", default=_env("log-format", "text"), choices=["text", "json"],
-                     help="[SDM_LOG_FORMAT]")
+    dra.add_argument("--log-level", default=_env("log-level", "info"), metavar="{debug,info,warning,error}",
+                     type=_one_of("debug", "info", "warning", "error"), help="[SDM_LOG_LEVEL]")
+    dra.add_argument("--log-format", default=_env("log-format", "text"), metavar="{text,json}",
+                     type=_one_of("text", "json"), help="[SDM_LOG_FORMAT]")
     dra.add_argument("--http-address", type=parse_address, default=_env("http-address", ""),
                      help="serve /healthz /readyz /metrics on HOST:PORT (default: off) [SDM_HTTP_ADDRESS]")
 

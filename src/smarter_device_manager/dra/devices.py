@@ -11,7 +11,8 @@ prints is what DRA mode publishes. Here each resource becomes one or more DRA de
 
 **Names** are DNS labels (what the API requires) made from the stable identity, never the
 enumeration order: the resource name, and for pool members the pool's name plus the member's
-identity (its USB serial or port). Lowercasing is enough for most; anything else that had to be
+identity (its USB serial or port). Lowercasing and reading '.' and '_' as '-' is enough for
+most (``ttyUSB0`` -> ``ttyusb0``, port ``1-1.2`` -> ``1-1-2``); anything else that had to be
 replaced, or a name over 63 characters, gets a crc32 of the original so that two identities can
 not fold into one name. Two devices that still collide are both renamed with their node path's
 crc and reported.
@@ -86,8 +87,9 @@ class DraDevice:
 def label(text: str) -> str:
     """A DNS label (lowercase, digits, '-', at most 63) for ``text``, the same every time."""
     lower = text.lower()
-    core = _NOT_LABEL.sub("-", lower).strip("-")
-    if core == lower and 0 < len(core) <= LABEL_MAX:
+    readable = lower.replace(".", "-").replace("_", "-")  # USB ports (1-1.2), resource names (net_tun)
+    core = _NOT_LABEL.sub("-", readable).strip("-")
+    if core == readable and 0 < len(core) <= LABEL_MAX:
         return core
     digest = f"{binascii.crc32(text.encode('utf-8', 'surrogateescape')):08x}"
     core = core[:LABEL_MAX - len(digest) - 1].strip("-")
@@ -156,6 +158,7 @@ def _node_attributes(dev_dir: str, sysfs: Sysfs | None, node: DeviceNode) -> tup
         "type": _string("block" if block else "char"),
         "major": {"int": os.major(st.st_rdev)},
         "minor": {"int": os.minor(st.st_rdev)},
+        "usb": {"bool": False},  # until sysfs shows a USB device above it
     }
     if sysfs is None:
         return found, ""
