@@ -275,7 +275,7 @@ async def live(args: argparse.Namespace) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short idle windows, fewer repeats")
-    parser.add_argument("--only", choices=["core", "live"])
+    parser.add_argument("--only", choices=["core", "live", "dra"])
     args = parser.parse_args()
     args.repeat = 3 if args.quick else 7
     args.idle = 5.0 if args.quick else 30.0
@@ -290,6 +290,11 @@ def main() -> int:
         asyncio.run(core(args))
     if args.only in (None, "live"):
         asyncio.run(live(args))
+    if args.only in (None, "dra"):
+        import dra  # bench/dra.py: DRA mode against the API server and kubelet stand-ins
+
+        dra.configure(args)
+        asyncio.run(dra.dra(args))
     return 0
 
 

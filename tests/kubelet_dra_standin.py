@@ -39,6 +39,7 @@ class KubeletDraStandin:
         self._seen: dict[str, int] = {}  # socket path -> inode registered
         self._task: asyncio.Task[None] | None = None
         self._channels: list[Channel] = []
+        self._stubs: dict[str, DRAPluginStub] = {}
 
     async def start(self) -> None:
         os.makedirs(self.registry_dir, exist_ok=True)
@@ -51,6 +52,7 @@ class KubeletDraStandin:
         for channel in self._channels:
             channel.close()
         self._channels.clear()
+        self._stubs.clear()
 
     async def restart(self) -> None:
         """Kubelet restart: slices wiped, every plugin registered again."""
@@ -103,27 +105,24 @@ class KubeletDraStandin:
         finally:
             channel.close()
 
-    def _stub(self, driver: str) -> tuple[DRAPluginStub, Channel]:
-        channel = Channel(path=self.registered[driver])
-        return DRAPluginStub(channel), channel
+    def _stub(self, driver: str) -> DRAPluginStub:
+        """One connection per endpoint, kept, as the kubelet keeps its gRPC connection."""
+        endpoint = self.registered[driver]
+        if endpoint not in self._stubs:
+            channel = Channel(path=endpoint)
+            self._channels.append(channel)
+            self._stubs[endpoint] = DRAPluginStub(channel)
+        return self._stubs[endpoint]
 
     async def prepare(self, driver: str, *claims: tuple[str, str, str]) -> dpb.NodePrepareResourcesResponse:
         """Claims as (namespace, name, uid)."""
-        stub, channel = self._stub(driver)
-        try:
-            return await stub.NodePrepareResources(dpb.NodePrepareResourcesRequest(
-                claims=[dpb.Claim(namespace=ns, name=name, uid=uid) for ns, name, uid in claims]))
-        finally:
-            channel.close()
+        return await self._stub(driver).NodePrepareResources(dpb.NodePrepareResourcesRequest(
+            claims=[dpb.Claim(namespace=ns, name=name, uid=uid) for ns, name, uid in claims]))
 
     async def unprepare(self, driver: str,
                         *claims: tuple[str, str, str]) -> dpb.NodeUnprepareResourcesResponse:
-        stub, channel = self._stub(driver)
-        try:
-            return await stub.NodeUnprepareResources(dpb.NodeUnprepareResourcesRequest(
-                claims=[dpb.Claim(namespace=ns, name=name, uid=uid) for ns, name, uid in claims]))
-        finally:
-            channel.close()
+        return await self._stub(driver).NodeUnprepareResources(dpb.NodeUnprepareResourcesRequest(
+            claims=[dpb.Claim(namespace=ns, name=name, uid=uid) for ns, name, uid in claims]))
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> float:

@@ -82,12 +82,21 @@ class Checkpoint:
         self.claims = doc["claims"]
 
     def save(self) -> None:
-        data = json.dumps({"version": CHECKPOINT_VERSION, "claims": self.claims}, indent=1, sort_keys=True)
+        """Write a temp file and rename it over the checkpoint: a daemon that dies at any moment
+        leaves the old or the new file, never half of one.
+
+        No fsync, on purpose: it cost 5-15 ms per prepare and as much per unprepare on this VM's
+        ext4 (the target is 20 ms), and it only matters for a power loss, after which the node
+        reboots, every container is gone and the kubelet prepares its claims afresh anyway.
+        """
+        data = json.dumps({"version": CHECKPOINT_VERSION, "claims": self.claims}, separators=(",", ":"),
+                          sort_keys=True).encode()
         tmp = f"{self.path}.{os.getpid()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, data.encode())
-            os.fsync(fd)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
         finally:
             os.close(fd)
         os.replace(tmp, self.path)
@@ -199,7 +208,8 @@ class NodeService(pb.DRAPluginService):
                                    "again")
             self._check_nodes(who, device)
             wanted.append((result, device))
-        self._refresh()  # the node-wide spec as the devices are now (a directory's nodes)
+        if any(d.resource.kind == KIND_DIRECTORY for _, d in wanted):
+            self._refresh()  # the node-wide spec lists a directory's nodes as they are now
         members = [d for _, d in wanted if d.member is not None]
         claim_devices = claim_cdi_devices(members, self.paths, self.prefix, claim.uid) if members else {}
         if claim_devices:
