@@ -88,7 +88,9 @@ def render(chart: helm.Chart, values: Obj | None = None) -> dict[str, list[Obj]]
     for path, text in chart.render(values, name=RELEASE, namespace=NAMESPACE).items():
         if path.endswith(".txt"):
             continue
-        out[path] = [doc for doc in yaml.safe_load_all(text) if doc]
+        docs = [doc for doc in yaml.safe_load_all(text) if doc]
+        if docs:  # templates switched off by a value (dra-*.yaml) render nothing
+            out[path] = docs
     return out
 
 
