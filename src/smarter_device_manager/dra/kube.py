@@ -66,7 +66,7 @@ class KubeError(Exception):
         if self.status == 403:
             return (f"RBAC: the API server refused to {what} ({self.detail}); the daemon's "
                     f"ServiceAccount needs the verb '{self.verb}' on '{self.resource}' in its "
-                    "ClusterRole (see deploy/dra/rbac.yaml)")
+                    "ClusterRole (the chart's templates/dra-rbac.yaml)")
         if self.status == 401:
             return f"{what}: the API server did not accept our credentials ({self.detail})"
         if self.status == 0:
