@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,9 +68,10 @@ class FakeApiServer:
     _server: asyncio.AbstractServer | None = None
     port: int = 0
 
-    async def start(self, port: int = 0) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", port)
+    async def start(self, port: int = 0, tls: ssl.SSLContext | None = None) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", port, ssl=tls)
         self.port = self._server.sockets[0].getsockname()[1]
+        self.scheme = "https" if tls else "http"
 
     async def stop(self) -> None:
         for watch in self._watches:
@@ -78,9 +80,11 @@ class FakeApiServer:
             self._server.close()
             await self._server.wait_closed()
 
+    scheme: str = "http"
+
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def kubeconfig(self, path: str) -> str:
         with open(path, "w", encoding="utf-8") as handle:
@@ -181,7 +185,8 @@ current-context: sdm@stand-in
             writer.close()
 
     def _check(self, method: str, path: str, headers: dict[str, str]) -> tuple[int, dict[str, Any]] | None:
-        if headers.get("authorization") != f"Bearer {self.token}":
+        # token "": clients authenticate with a TLS client certificate the server verified
+        if self.token and headers.get("authorization") != f"Bearer {self.token}":
             return 401, _status(401, "Unauthorized", "Unauthorized")
         if self.fail_next:
             code = self.fail_next.pop(0)

@@ -229,6 +229,55 @@ def test_client_requests_errors_and_watch(tmp_path: Path) -> None:
     _run(scenario())
 
 
+def test_client_over_tls_with_inline_certificates(tmp_path: Path) -> None:
+    """A kubeconfig as kubeadm writes it: CA and client certificate inline (base64)."""
+    import base64
+    import ssl
+
+    def make(name: str, extra: list[str]) -> tuple[Path, Path]:
+        key, cert = tmp_path / f"{name}.key", tmp_path / f"{name}.crt"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(cert), *extra],
+                       check=True, capture_output=True)
+        return key, cert
+
+    server_key, server_cert = make("127.0.0.1", ["-addext", "subjectAltName=IP:127.0.0.1"])
+    client_key, client_cert = make("sdm", [])
+
+    async def scenario() -> None:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(str(server_cert), str(server_key))
+        tls.load_verify_locations(str(client_cert))
+        tls.verify_mode = ssl.CERT_REQUIRED  # the client certificate must really be sent
+        api = FakeApiServer(token="")
+        await api.start(tls=tls)
+        def b64(path: Path) -> str:
+            return base64.b64encode(path.read_bytes()).decode()
+
+        kubeconfig = tmp_path / "kc"
+        kubeconfig.write_text(f"""
+current-context: c
+contexts: [{{name: c, context: {{cluster: k, user: u}}}}]
+clusters: [{{name: k, cluster: {{server: "{api.url}", certificate-authority-data: {b64(server_cert)}}}}}]
+users: [{{name: u, user: {{client-certificate-data: {b64(client_cert)},
+                          client-key-data: {b64(client_key)}}}}}]
+""")
+        client = kube.KubeClient(kube.load_kubeconfig(str(kubeconfig)))
+        try:
+            listed = await client.request("GET", kube.path_of("resource.k8s.io/v1", "resourceslices"))
+            assert listed["kind"] == "ResourceSliceList"
+            other = kubeconfig.read_text().replace(b64(server_cert), b64(client_cert))
+            kubeconfig.write_text(other)  # a CA that did not sign the server's certificate
+            wrong = kube.KubeClient(kube.load_kubeconfig(str(kubeconfig)), timeout=2)
+            with pytest.raises(kube.KubeError, match="CERTIFICATE_VERIFY_FAILED"):
+                await wrong.request("GET", kube.path_of("resource.k8s.io/v1", "resourceslices"))
+            await wrong.close()
+        finally:
+            await client.close()
+            await api.stop()
+    _run(scenario())
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("[]", "not a kubeconfig"),
     ("{", "not valid YAML"),

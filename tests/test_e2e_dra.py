@@ -237,11 +237,20 @@ def test_kubelet_restart_wipe_and_foreign_edits_are_repaired(node: Node, tmp_pat
         async with dra_node(node, tmp_path / "sys") as dra:
             api = dra.api
             await wait_for(lambda: set(api.devices(NODE)) == EXPECTED_NAMES, 10)
+            api.add_claim("default", "tty", "uid-tty", [
+                {"request": "r", "driver": DRIVER, "pool": NODE, "device": "ttyusb0"}])
+            before = await dra.kubelet.prepare(DRIVER, ("default", "tty", "uid-tty"))
             await dra.kubelet.restart()
             assert api.slices == {}
             took = await wait_for(lambda: set(api.devices(NODE)) == EXPECTED_NAMES, 5, "slices back")
             assert took < 1.0
             assert "was deleted (the kubelet does so when it starts)" in dra.proc.log
+            # the restarted kubelet prepares its claims again, then unprepares them
+            await wait_for(lambda: DRIVER in dra.kubelet.registered, 5, "registered again")
+            after = await dra.kubelet.prepare(DRIVER, ("default", "tty", "uid-tty"))
+            assert after.claims["uid-tty"] == before.claims["uid-tty"]
+            done = await dra.kubelet.unprepare(DRIVER, ("default", "tty", "uid-tty"))
+            assert done.claims["uid-tty"].error == ""
             api.edit(SLICE, {"devices": []})
             await wait_for(lambda: set(api.devices(NODE)) == EXPECTED_NAMES, 5, "edit repaired")
             # a conflicting write is retried on a fresh read
