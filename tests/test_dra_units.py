@@ -403,3 +403,62 @@ sys.exit(cli.main(["serve", "--dev-dir", {str(tmp_path / 'dev')!r}, "--plugin-di
     assert "smarter_device_manager.api.dra" not in loaded
     assert "_ssl" not in loaded
     assert not {m for m in loaded if m.split(".")[0] in ("lightkube", "httpx", "kubernetes")}
+
+
+# --- NodePrepareResources paths, in process ------------------------------------------------------------
+@needs_root
+def test_prepare_refuses_what_it_cannot_prepare_and_cleans_up(tmp_path: Path) -> None:
+    from smarter_device_manager.api import dra as pb
+    from smarter_device_manager.dra.devices import Paths
+    from smarter_device_manager.dra.node import NodeService
+    from smarter_device_manager.metrics import Metrics
+
+    dev = tmp_path / "dev"
+    mkdev(dev / "video0", major=81, minor=0)
+    mkdev(dev / "snd" / "controlC0", major=116, minor=0)
+    config = _config(tmp_path, "- devicematch: ^video0$\n  nummaxdevices: 1\n"
+                               "- devicematch: ^snd$\n  nummaxdevices: 1\n")
+    inventory = discover(str(dev), config, "smarter-devices", None)
+    devices, _ = dra_devices(inventory, "smarter-devices", str(dev), None)
+    current = {d.name: d for d in devices}
+    (tmp_path / "state").mkdir()
+    (tmp_path / "cdi").mkdir()
+
+    async def scenario() -> None:
+        api = FakeApiServer()
+        await api.start()
+        client = kube.KubeClient(kube.load_kubeconfig(api.kubeconfig(str(tmp_path / "kc"))))
+        checkpoint = Checkpoint(str(tmp_path / "state"))
+        service = NodeService("d.io", "n1", client, lambda: current, lambda: None,
+                              Paths(str(dev), str(dev)), "smarter-devices", str(tmp_path / "cdi"),
+                              checkpoint, Metrics())
+
+        async def prepare(name: str, results: list[dict[str, Any]] | None, uid: str = "") -> str:
+            if results is not None:
+                api.add_claim("ns", name, f"u-{name}", results)
+            answer = await service.prepare(pb.Claim(namespace="ns", name=name, uid=uid or f"u-{name}"))
+            return answer.error
+
+        assert "no allocated device of driver d.io" in await prepare("other", [
+            {"request": "r", "driver": "gpu.example.com", "pool": "n1", "device": "video0"}])
+        assert "allocated from pool n2, but this is node n1" in await prepare("remote", [
+            {"request": "r", "driver": "d.io", "pool": "n2", "device": "video0"}])
+        assert "device ghost is no longer on node n1" in await prepare("ghost", [
+            {"request": "r", "driver": "d.io", "pool": "n1", "device": "ghost"}])
+        (dev / "snd" / "controlC0").unlink()
+        assert "holds no device nodes any more" in await prepare("sound", [
+            {"request": "r", "driver": "d.io", "pool": "n1", "device": "snd"}])
+        (dev / "video0").unlink()
+        (dev / "video0").write_text("not a device")
+        assert "is no longer a device node" in await prepare("cam", [
+            {"request": "r", "driver": "d.io", "pool": "n1", "device": "video0"}])
+        assert checkpoint.claims == {}, "nothing failed is remembered"
+        (dev / "video0").unlink()
+        mkdev(dev / "video0", major=81, minor=0)
+        (tmp_path / "state" / "checkpoint.json").mkdir()  # unwritable, even for root
+        assert "cannot write the checkpoint" in await prepare("cam2", [
+            {"request": "r", "driver": "d.io", "pool": "n1", "device": "video0"}])
+        assert checkpoint.claims == {}
+        await client.close()
+        await api.stop()
+    _run(scenario())
