@@ -98,6 +98,16 @@ if [[ $MODE == host ]]; then
   "$PY" -m smarter_device_manager dra --node-name "$NODE" --kubeconfig "${KUBECONFIG:-$HOME/.kube/config}" \
     --config "$TMP/conf.yaml" --state-dir "$TMP/state" --http-address 127.0.0.1:18089 >"$TMP/daemon.log" 2>&1 &
   DAEMON_PID=$!
+  # What the chart would make besides the daemon: the DeviceClass users name in claims.
+  cat >"$TMP/objects.yaml" <<EOF
+apiVersion: resource.k8s.io/v1
+kind: DeviceClass
+metadata: {name: $DRIVER}
+spec:
+  selectors:
+  - cel: {expression: 'device.driver == "$DRIVER"'}
+EOF
+  kubectl apply -f "$TMP/objects.yaml" >/dev/null || fail "kubectl apply of the DeviceClass"
   ready() { [[ $(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:18089/readyz) == 200 ]]; }
   readyz() { curl -s http://127.0.0.1:18089/readyz; }
   metrics() { curl -s http://127.0.0.1:18089/metrics; }

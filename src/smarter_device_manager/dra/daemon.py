@@ -285,7 +285,7 @@ class DraDaemon:
         added, removed = set(self.devices) - before, before - set(self.devices)
         if added or removed or reason == "start":
             log.info("%d devices: %s%s", len(devices), ", ".join(sorted(self.devices)) or "none",
-                     f" (new: {', '.join(sorted(added))}; gone: {', '.join(sorted(removed)) or '-'})"
+                     f" (new: {', '.join(sorted(added)) or '-'}; gone: {', '.join(sorted(removed)) or '-'})"
                      if reason != "start" else "")
         self.refresh_spec()
         self.publisher.set_devices(devices)
