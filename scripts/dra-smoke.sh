@@ -87,6 +87,8 @@ trap cleanup EXIT
 # ---- 1. test devices and the rule
 for i in 0 1; do rm -f "/dev/sdm-smoke$i"; mknod -m 0666 "/dev/sdm-smoke$i" c 1 3; done
 CONFIG='[{"devicematch": "^sdm-smoke[0-9]+$", "nummaxdevices": 1}]'
+wait_until 120 eval '[[ $(kubectl get ns "$NS" -o jsonpath="{.status.phase}" 2>/dev/null) != Terminating ]]' ||
+  fail "namespace $NS is still terminating from an earlier run"
 kubectl create namespace "$NS" >/dev/null 2>&1
 kubectl label namespace "$NS" pod-security.kubernetes.io/enforce=privileged --overwrite >/dev/null
 pass "made /dev/sdm-smoke0 and /dev/sdm-smoke1 (char 1:3) on $NODE; rule ^sdm-smoke[0-9]+\$"
@@ -124,7 +126,8 @@ dra = {"enabled": True}
 if api:
     dra["apiServer"] = {"host": api.rsplit(":", 1)[0], "port": int(api.rsplit(":", 1)[1])}
 print(json.dumps({"fullnameOverride": "sdm-smoke", "config": json.loads(config), "logLevel": "debug",
-                  "nodeSelector": {"kubernetes.io/hostname": node},
+                  # this node only (null drops the chart default label; Helm merges maps)
+                  "nodeSelector": {"smarter-device-manager": None, "kubernetes.io/hostname": node},
                   "image": {"repository": image.rsplit(":", 1)[0], "tag": image.rsplit(":", 1)[1],
                             "pullPolicy": "Never"}, "dra": dra}))' "$CONFIG" "$NODE" "$IMAGE" "$API")
   if command -v helm >/dev/null; then
@@ -310,6 +313,8 @@ else
   fail "no NodeUnprepareResources within 90 s of deleting the pods"
 fi
 m=$(metrics)
+pid=$(pgrep -f "smarter-device-manager dra" | head -1)
+[[ -n $pid ]] && note "daemon memory: $(grep -E '^(VmRSS|VmHWM|Threads)' /proc/"$pid"/status | tr -s ' \t' ' ' | tr '\n' ' ')"
 echo "$m" | grep -E "^smarter_device_manager_dra_(prepares|unprepares|slice_writes|api_errors|prepared_claims|slices_deleted)" | sed 's/^/     metric: /'
 echo "$m" | grep -q "smarter_device_manager_dra_prepared_claims 0" && pass "no prepared claims left in the checkpoint" ||
   fail "prepared claims left: $(echo "$m" | grep dra_prepared_claims)"
