@@ -15,7 +15,8 @@
 #   3. checks the node's ResourceSlice: both devices with typed attributes;
 #   4. a ResourceClaim selecting sdm-smoke0 BY ATTRIBUTE (CEL on path/subsystem/major), a pod using
 #      it runs and sees the device and the env; a second pod sharing the same claim sees it too;
-#   5. a pod from a ResourceClaimTemplate gets sdm-smoke1;
+#   5. a pod from a ResourceClaimTemplate gets sdm-smoke1; /dev/sdm-share0 (nummaxdevices 2) is
+#      held by two claims at once (consumable capacity, Kubernetes >= 1.36) and a third waits;
 #   6. plugs /dev/sdm-smoke2 and unplugs it again: the slice follows (times shown);
 #   7. restarts the kubelet: it deletes the node's slices, the daemon publishes them again;
 #   8. deletes the pods: the claims are unprepared (daemon log, checkpoint, claim specs);
@@ -79,24 +80,24 @@ cleanup() {
   if [[ -f $TMP/objects.yaml ]]; then kubectl delete -f "$TMP/objects.yaml" --ignore-not-found >/dev/null 2>&1; fi
   if [[ -n $DAEMON_PID && -d /proc/$DAEMON_PID ]]; then kill -TERM "$DAEMON_PID"; wait "$DAEMON_PID" 2>/dev/null; fi
   kubectl delete resourceslices --field-selector "spec.nodeName=$NODE,spec.driver=$DRIVER" >/dev/null 2>&1
-  rm -f /dev/sdm-smoke0 /dev/sdm-smoke1 /dev/sdm-smoke2
+  rm -f /dev/sdm-smoke0 /dev/sdm-smoke1 /dev/sdm-smoke2 /dev/sdm-share0
   rm -rf "$TMP"
 }
 trap cleanup EXIT
 
 # ---- 1. test devices and the rule
-for i in 0 1; do rm -f "/dev/sdm-smoke$i"; mknod -m 0666 "/dev/sdm-smoke$i" c 1 3; done
-CONFIG='[{"devicematch": "^sdm-smoke[0-9]+$", "nummaxdevices": 1}]'
+for i in smoke0 smoke1 share0; do rm -f "/dev/sdm-$i"; mknod -m 0666 "/dev/sdm-$i" c 1 3; done
+CONFIG='[{"devicematch": "^sdm-smoke[0-9]+$", "nummaxdevices": 1}, {"devicematch": "^sdm-share0$", "nummaxdevices": 2}]'
 wait_until 120 eval '[[ $(kubectl get ns "$NS" -o jsonpath="{.status.phase}" 2>/dev/null) != Terminating ]]' ||
   fail "namespace $NS is still terminating from an earlier run"
 kubectl create namespace "$NS" >/dev/null 2>&1
 kubectl label namespace "$NS" pod-security.kubernetes.io/enforce=privileged --overwrite >/dev/null
-pass "made /dev/sdm-smoke0 and /dev/sdm-smoke1 (char 1:3) on $NODE; rule ^sdm-smoke[0-9]+\$"
+pass "made /dev/sdm-smoke0, /dev/sdm-smoke1, /dev/sdm-share0 (char 1:3) on $NODE; rules ^sdm-smoke[0-9]+\$ (1), ^sdm-share0\$ (2)"
 
 # ---- 2. the daemon
 if [[ $MODE == host ]]; then
-  echo "- devicematch: ^sdm-smoke[0-9]+\$" >"$TMP/conf.yaml"
-  echo "  nummaxdevices: 1" >>"$TMP/conf.yaml"
+  printf -- '- devicematch: ^sdm-smoke[0-9]+$\n  nummaxdevices: 1\n- devicematch: ^sdm-share0$\n  nummaxdevices: 2\n' \
+    >"$TMP/conf.yaml"
   "$PY" -m smarter_device_manager dra --node-name "$NODE" --kubeconfig "${KUBECONFIG:-$HOME/.kube/config}" \
     --config "$TMP/conf.yaml" --state-dir "$TMP/state" --http-address 127.0.0.1:18089 >"$TMP/daemon.log" 2>&1 &
   DAEMON_PID=$!
@@ -168,10 +169,16 @@ else
 fi
 
 # ---- 3. the slice
-if wait_until 20 eval '[[ $(slice_devices) == "sdm-smoke0 sdm-smoke1 " ]]'; then
+if wait_until 20 eval '[[ $(slice_devices) == "sdm-share0 sdm-smoke0 sdm-smoke1 " ]]'; then
   pass "ResourceSlice of $NODE lists: $(slice_devices)"
   kubectl get resourceslices --field-selector "spec.nodeName=$NODE,spec.driver=$DRIVER" \
-    -o jsonpath='{.items[0].spec.devices[0].attributes}' | "$PY" -c 'import json,sys; d=json.load(sys.stdin); print("     attributes of sdm-smoke0:", ", ".join(f"{k}={list(v.values())[0]!r}" for k, v in sorted(d.items())))'
+    -o jsonpath='{.items[0].spec.devices}' | "$PY" -c '
+import json, sys
+for d in json.load(sys.stdin):
+    attrs = ", ".join(f"{k}={list(v.values())[0]!r}" for k, v in sorted(d["attributes"].items()))
+    name, capacity = d["name"], d.get("capacity")
+    extra = f"; allowMultipleAllocations, capacity {capacity}" if d.get("allowMultipleAllocations") else ""
+    print(f"     {name}: {attrs}{extra}")'
 else
   fail "ResourceSlice devices: '$(slice_devices)'"
 fi
@@ -258,6 +265,38 @@ users=$(k get resourceclaim smoke-shared -o jsonpath='{.status.reservedFor[*].na
 # ---- 5. a claim from a template
 mkpod smoke-c "resourceClaimTemplateName: smoke-template" | kubectl apply -f - >/dev/null
 check_pod smoke-c sdm-smoke1
+
+# ---- 5b. one device held by two claims at once (nummaxdevices 2), a third claim waits
+cat >"$TMP/share.yaml" <<EOF
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaimTemplate
+metadata: {name: smoke-share, namespace: $NS}
+spec:
+  spec:
+    devices:
+      requests:
+      - name: dev
+        exactly:
+          deviceClassName: $DRIVER
+          selectors:
+          - cel: {expression: 'device.attributes["$DRIVER"].path == "/dev/sdm-share0"'}
+EOF
+kubectl apply -f "$TMP/share.yaml" >/dev/null || fail "kubectl apply of smoke-share"
+for p in smoke-s1 smoke-s2 smoke-s3; do mkpod "$p" "resourceClaimTemplateName: smoke-share" | kubectl apply -f - >/dev/null; done
+running() { local n=0 p; for p in smoke-s1 smoke-s2 smoke-s3; do [[ $(phase $p) == Running ]] && n=$((n + 1)); done; echo $n; }
+wait_until 90 eval '[[ $(running) == 2 ]]'
+sleep 3  # the third stays Pending: nothing frees a share
+waiting=""
+for p in smoke-s1 smoke-s2 smoke-s3; do
+  if [[ $(phase $p) == Running ]]; then check_pod "$p" sdm-share0; else waiting=$p; fi
+done
+shares=$(k get resourceclaims -o jsonpath='{range .items[*]}{.status.allocation.devices.results[0].device}/{.status.allocation.devices.results[0].shareID}{" "}{end}' | tr ' ' '\n' | grep '^sdm-share0/.' | sort -u | wc -l)
+if [[ $(running) == 2 && $shares == 2 && -n $waiting ]]; then
+  pass "sdm-share0 (nummaxdevices 2) is held by 2 claims with distinct share IDs; $waiting waits: $(k get events --field-selector involvedObject.name=$waiting -o jsonpath='{.items[-1].message}' | cut -c1-60)"
+else
+  fail "sdm-share0: $(running) pods running, $shares distinct shares, waiting '$waiting'"
+fi
+k delete pod smoke-s1 smoke-s2 smoke-s3 --wait=false >/dev/null 2>&1
 daemon_log | grep -E "NodePrepareResources" | sed 's/^/     daemon: /' | cut -c1-220
 
 # ---- 6. plug and unplug
@@ -292,7 +331,7 @@ bash -c "$RESTART" >"$TMP/restart.log" 2>&1 || fail "kubelet restart command fai
 back() {
   local uid
   uid=$(kubectl get resourceslices --field-selector "spec.nodeName=$NODE,spec.driver=$DRIVER" -o jsonpath='{.items[0].metadata.uid}' 2>/dev/null)
-  [[ -n $uid && $uid != "$before" && $(slice_devices) == "sdm-smoke0 sdm-smoke1 " ]]
+  [[ -n $uid && $uid != "$before" && $(slice_devices) == "sdm-share0 sdm-smoke0 sdm-smoke1 " ]]
 }
 if wait_until 90 back; then
   pass "after the kubelet restart the slice was deleted and published again (new uid), $(ms_since "$t") ms after the restart began"
@@ -305,7 +344,7 @@ wait_until 60 ready || fail "the daemon is not Ready again after the kubelet res
 # ---- 8. unprepare
 k delete pod smoke-a smoke-b smoke-c --wait=false >/dev/null 2>&1
 t=$(date +%s%N)
-unprepared() { [[ $(daemon_log | grep -c "NodeUnprepareResources") -ge 2 ]]; }
+unprepared() { [[ $(daemon_log | grep -c "NodeUnprepareResources") -ge 4 ]]; }
 if wait_until 90 unprepared; then
   pass "pods deleted: the kubelet unprepared the claims ($(ms_since "$t") ms)"
   daemon_log | grep "NodeUnprepareResources" | sed 's/^/     daemon: /' | cut -c1-200
