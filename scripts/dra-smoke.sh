@@ -81,6 +81,9 @@ cleanup() {
   if [[ -n $DAEMON_PID && -d /proc/$DAEMON_PID ]]; then kill -TERM "$DAEMON_PID"; wait "$DAEMON_PID" 2>/dev/null; fi
   kubectl delete resourceslices --field-selector "spec.nodeName=$NODE,spec.driver=$DRIVER" >/dev/null 2>&1
   rm -f /dev/sdm-smoke0 /dev/sdm-smoke1 /dev/sdm-smoke2 /dev/sdm-share0
+  # The node-wide CDI spec outlives the daemon on purpose (a container restarted while the driver
+  # is away still finds its devices); this test's devices are gone, so its spec goes too.
+  rm -f "/var/run/cdi/$DRIVER-device.json"
   rm -rf "$TMP"
 }
 trap cleanup EXIT
