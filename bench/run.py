@@ -454,7 +454,7 @@ async def cdi(args: argparse.Namespace) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short idle windows, fewer repeats")
-    parser.add_argument("--only", choices=["core", "live", "identity", "cdi"])
+    parser.add_argument("--only", choices=["core", "live", "identity", "cdi", "dra"])
     args = parser.parse_args()
     args.repeat = 3 if args.quick else 7
     args.idle = 5.0 if args.quick else 30.0
@@ -478,6 +478,11 @@ def main() -> int:
         asyncio.run(identity(args))
     if args.only in (None, "cdi"):
         asyncio.run(cdi(args))
+    if args.only in (None, "dra"):
+        import dra  # bench/dra.py: DRA mode against the API server and kubelet stand-ins
+
+        dra.configure(args)
+        asyncio.run(dra.dra(args))
     return 0
 
 

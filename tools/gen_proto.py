@@ -2,7 +2,7 @@
 
 The daemon does not use generated code at run time (``api/messages.py`` is a
 small hand-written codec; docs/decisions.md says why). protoc's output from
-``api/deviceplugin.proto`` is the oracle: the kubelet stand-in speaks it, and
+``api/*.proto`` is the oracle: the kubelet stand-in speaks it, and
 ``tests/test_api.py`` checks our codec against it. The output is committed in
 ``tests/`` and must be reproducible: run this with the pinned ``grpcio-tools``
 from the ``test`` extra; a test fails when the committed files drift.
@@ -19,9 +19,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 API = ROOT / "src" / "smarter_device_manager" / "api"
-PROTO = "deviceplugin.proto"
+PROTOS = ("deviceplugin.proto", "dra.proto", "pluginregistration.proto")
 OUT = ROOT / "tests"
-OUTPUTS = ("deviceplugin_pb2.py", "deviceplugin_pb2.pyi", "deviceplugin_grpc.py")
+OUTPUTS = tuple(f"{proto[:-len('.proto')]}{suffix}" for proto in PROTOS
+                for suffix in ("_pb2.py", "_pb2.pyi", "_grpc.py"))
 
 
 def generate(out_dir: Path) -> None:
@@ -32,7 +33,7 @@ def generate(out_dir: Path) -> None:
         [
             sys.executable, "-m", "grpc_tools.protoc", f"-I{API}",
             f"--python_out={out_dir}", f"--pyi_out={out_dir}",
-            f"--grpclib_python_out={out_dir}", str(API / PROTO),
+            f"--grpclib_python_out={out_dir}", *(str(API / proto) for proto in PROTOS),
         ],
         check=True,
         env=env,

@@ -225,7 +225,7 @@ def build_parser() -> _Parser:
         description="Kubernetes device plugin: advertises /dev nodes matched by rules as "
         "extended resources and hands them to containers.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{serve,list,cdi,check-config}")
+    sub = parser.add_subparsers(dest="command", metavar="{serve,list,cdi,check-config,dra}")
 
     serve = sub.add_parser("serve", help="run the device plugin (the default)")
     _discovery_options(serve)
@@ -270,7 +270,13 @@ def build_parser() -> _Parser:
 
     check = sub.add_parser("check-config", help="validate a config file: exit 0 if valid, 2 if not")
     check.add_argument("path")
-    parser.commands = {"serve": serve, "list": lister, "cdi": cdi, "check-config": check}
+
+    # DRA mode (docs/dra.md). Its options and start-up live in dracli.py, which imports nothing
+    # of DRA mode until it runs: `serve` keeps its memory.
+    from smarter_device_manager import dracli
+
+    dra = dracli.add_parser(sub, _discovery_options, parse_address)
+    parser.commands = {"serve": serve, "list": lister, "cdi": cdi, "check-config": check, "dra": dra}
     return parser
 
 
@@ -291,6 +297,10 @@ def main(argv: list[str] | None = None) -> int:
             return _list(args)
         if args.command == "cdi":
             return _cdi(args)
+        if args.command == "dra":
+            from smarter_device_manager import dracli
+
+            return dracli.run(args, _resolve_config, _load_or_exit)
         return _serve(args)
     except BrokenPipeError:  # `... | head` closed our stdout: not an error
         sys.stderr.close()

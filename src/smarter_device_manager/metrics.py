@@ -44,9 +44,10 @@ FAMILIES: dict[str, tuple[str, str]] = {
 class Metrics:
     """Named counters; gauges come from ``collectors`` called at scrape time."""
 
-    def __init__(self) -> None:
+    def __init__(self, families: dict[str, tuple[str, str]] | None = None) -> None:
         self._counters: dict[tuple[str, Labels], float] = {}
         self.collectors: list[Callable[[], Iterable[Sample]]] = []
+        self.families = FAMILIES if families is None else families  # DRA mode has its own
 
     def inc(self, name: str, value: float = 1.0, **labels: str) -> None:
         key = (name, tuple(sorted(labels.items())))
@@ -60,7 +61,7 @@ class Metrics:
             for name, labels, value in collect():
                 samples.setdefault(name, []).append((labels, value))
         lines: list[str] = []
-        for name, (kind, help_text) in FAMILIES.items():
+        for name, (kind, help_text) in self.families.items():
             full = PREFIX + name
             lines.append(f"# HELP {full} {help_text}")
             lines.append(f"# TYPE {full} {kind}")

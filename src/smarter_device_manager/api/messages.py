@@ -5,6 +5,8 @@ of RSS with its C backend and 5.0 MiB with the pure-Python one, which is what
 32-bit ARM boards get (PyPI has no armv7/armv6 wheel), against a 24 MiB budget
 for the whole daemon. This API needs strings, bools, varint integers, nested
 and repeated messages and ``map<string, string>``: a small, complete codec.
+DRA mode adds ``map<string, Message>`` and proto3 ``optional`` strings
+(``api/dra.py``); they live here so there is one codec, tested once.
 
 The schema is ``deviceplugin.proto`` next to this file, the single source of
 truth. ``tests/test_api.py`` checks every class here against the descriptor
@@ -58,21 +60,24 @@ def _put_bytes(tag: int, payload: bytes, out: bytearray) -> None:
 class Field:
     """One field of the schema: number, attribute name, kind, and what it holds."""
 
-    __slots__ = ("kind", "message", "name", "number", "repeated")
+    __slots__ = ("kind", "message", "name", "number", "optional", "repeated")
 
     def __init__(self, number: int, name: str, kind: int, repeated: bool = False,
-                 message: type[Message] | None = None) -> None:
+                 message: type[Message] | None = None, optional: bool = False) -> None:
         self.number = number
         self.name = name
         self.kind = kind
         self.repeated = repeated
-        self.message = message
+        self.message = message  # for MAP: the value type of map<string, Message>, else strings
+        self.optional = optional  # proto3 ``optional``: None when unset, sent when set (even "")
 
     def default(self) -> Any:
         if self.kind == MAP:
             return {}
         if self.repeated:
             return []
+        if self.optional:
+            return None
         return {STRING: "", BOOL: False, INT: 0, MESSAGE: None}[self.kind]
 
 
@@ -117,12 +122,15 @@ class Message:
                 for key, item in value.items():
                     entry = bytearray()
                     _put_bytes(0x0A, key.encode(), entry)
-                    _put_bytes(0x12, item.encode(), entry)
+                    payload = item.encode() if field.message is None else item.SerializeToString()
+                    _put_bytes(0x12, payload, entry)
                     _put_bytes(tag | 2, bytes(entry), out)
+                continue
+            if field.optional and value is None:
                 continue
             for item in value if field.repeated else (value,):
                 if field.kind == STRING:
-                    if item or field.repeated:
+                    if item or field.repeated or field.optional:
                         _put_bytes(tag | 2, item.encode(), out)
                 elif field.kind == MESSAGE:
                     if item is not None:
@@ -162,8 +170,12 @@ class Message:
 
     def _take(self, field: Field, raw: Any) -> None:
         if field.kind == MAP:
-            entry = _MapEntry.FromString(raw)
-            getattr(self, field.name)[entry.key] = entry.value
+            if field.message is None:
+                entry = _MapEntry.FromString(raw)
+                getattr(self, field.name)[entry.key] = entry.value
+            else:
+                holder = _MessageMapEntry.FromString(raw)
+                getattr(self, field.name)[holder.key] = field.message.FromString(holder.value or b"")
             return
         if field.kind == STRING:
             value: Any = raw.decode()
@@ -184,6 +196,17 @@ class _MapEntry(Message):
     key: str
     value: str
     FIELDS = (Field(1, "key", STRING), Field(2, "value", STRING))
+
+
+class _MessageMapEntry(Message):
+    """A map<string, Message> entry, its value left encoded for the map's own value type."""
+
+    key: str
+    value: bytes
+    FIELDS = (Field(1, "key", STRING), Field(2, "value", STRING))
+
+    def _take(self, field: Field, raw: Any) -> None:
+        setattr(self, field.name, raw.decode() if field.number == 1 else raw)
 
 
 class Empty(Message):

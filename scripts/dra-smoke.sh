@@ -1,0 +1,372 @@
+#!/usr/bin/env bash
+# dra-smoke.sh — smarter-device-manager in DRA mode against a real cluster (Kubernetes >= 1.34 with
+# resource.k8s.io/v1 and a CDI-enabled runtime: containerd >= 2.0, CRI-O). Run it ON A NODE, as
+# root, with kubectl pointing at the cluster (cluster-admin):
+#
+#   scripts/dra-smoke.sh                 # the daemon from the image, deployed by the chart
+#   scripts/dra-smoke.sh --host          # the daemon on this host (no image needed), same checks
+#
+# What it does, one PASS/FAIL line per check and DRA-SMOKE: PASS|FAIL at the end (exit 0 only if
+# every check passed):
+#   1. makes two test devices on this node, /dev/sdm-smoke0 and /dev/sdm-smoke1 (char 1:3, copies
+#      of /dev/null), and a rule selecting ^sdm-smoke[0-9]+$;
+#   2. deploys the daemon (chart rendered with dra.enabled=true; the device-plugin DaemonSet is
+#      left out) and waits until it is Ready (registered with the kubelet, slices published);
+#   3. checks the node's ResourceSlice: both devices with typed attributes;
+#   4. a ResourceClaim selecting sdm-smoke0 BY ATTRIBUTE (CEL on path/subsystem/major), a pod using
+#      it runs and sees the device and the env; a second pod sharing the same claim sees it too;
+#   5. a pod from a ResourceClaimTemplate gets sdm-smoke1; /dev/sdm-share0 (nummaxdevices 2) is
+#      held by two claims at once (consumable capacity, Kubernetes >= 1.36) and a third waits;
+#   6. plugs /dev/sdm-smoke2 and unplugs it again: the slice follows (times shown);
+#   7. restarts the kubelet: it deletes the node's slices, the daemon publishes them again;
+#   8. deletes the pods: the claims are unprepared (daemon log, checkpoint, claim specs);
+#   9. cleans up everything it made (devices, objects, the daemon).
+#
+# Environment:
+#   SDM_SMOKE_IMAGE      image to deploy (default localhost/smarter-device-manager:dra, pull Never)
+#   SDM_SMOKE_NAMESPACE  namespace for the daemon and the test objects (default sdm-dra-smoke)
+#   SDM_SMOKE_API_SERVER host:port the daemon's pod uses for the API server; default: the
+#                        kubernetes Service's endpoint when the cluster has no kube-proxy
+#   SDM_SMOKE_KUBELET_RESTART  command that restarts the kubelet (default: realk8s's stop/start
+#                        when $REALK8S_DIR or the realk8s tools are found, else systemctl)
+#   SDM_SMOKE_PYTHON     a python with this project installed, for --host and for rendering the
+#                        chart when `helm` is not installed (default: .venv/bin/python)
+set -uo pipefail
+HERE=$(cd "$(dirname "$0")/.." && pwd)
+MODE=image
+[[ ${1:-} == --host ]] && MODE=host
+NS=${SDM_SMOKE_NAMESPACE:-sdm-dra-smoke}
+IMAGE=${SDM_SMOKE_IMAGE:-localhost/smarter-device-manager:dra}
+PY=${SDM_SMOKE_PYTHON:-$HERE/.venv/bin/python}
+DRIVER=smarter-devices.io
+REALK8S_TOOLS=${REALK8S_TOOLS:-$HERE/../shared/tools/realk8s}
+NODE=$(kubectl get nodes -o jsonpath='{.items[0].metadata.name}' 2>/dev/null)
+[[ -n ${SDM_SMOKE_NODE:-} ]] && NODE=$SDM_SMOKE_NODE
+TMP=$(mktemp -d)
+FAILS=0
+T0=$(date +%s%N)
+DAEMON_PID=""
+pass() { echo "PASS $*"; }
+fail() { echo "FAIL $*"; FAILS=$((FAILS + 1)); }
+note() { echo "     $*"; }
+ms_since() { echo $((($(date +%s%N) - $1) / 1000000)); }
+wait_until() {  # SECONDS COMMAND...
+  local end=$(($(date +%s) + $1))
+  shift
+  until "$@"; do
+    (($(date +%s) < end)) || return 1
+    sleep 0.2
+  done
+}
+k() { kubectl -n "$NS" "$@"; }
+
+if ! kubectl get --raw /apis/resource.k8s.io/v1 2>/dev/null | grep -q '"resourceslices"'; then
+  echo "FAIL resource.k8s.io/v1 is not served by this cluster (DRA needs Kubernetes >= 1.34)"
+  echo "DRA-SMOKE: FAIL"
+  exit 1
+fi
+[[ $(id -u) == 0 ]] || { echo "FAIL run as root on the node (it makes device nodes in /dev)"; exit 1; }
+pass "resource.k8s.io/v1 served; node $NODE, kubelet $(kubectl get node "$NODE" -o jsonpath='{.status.nodeInfo.kubeletVersion}'), runtime $(kubectl get node "$NODE" -o jsonpath='{.status.nodeInfo.containerRuntimeVersion}'), mode: $MODE"
+
+daemon_log() {
+  if [[ $MODE == host ]]; then cat "$TMP/daemon.log"; else k logs -l app.kubernetes.io/name=smarter-device-manager-dra --tail=-1 2>/dev/null; fi
+}
+slice_devices() {  # names of the devices in our slices of this node
+  kubectl get resourceslices --field-selector "spec.nodeName=$NODE,spec.driver=$DRIVER" \
+    -o jsonpath='{range .items[*].spec.devices[*]}{.name}{"\n"}{end}' 2>/dev/null | sort | tr '\n' ' '
+}
+cleanup() {
+  kubectl delete ns "$NS" --ignore-not-found --wait=false >/dev/null 2>&1
+  if [[ -f $TMP/objects.yaml ]]; then kubectl delete -f "$TMP/objects.yaml" --ignore-not-found >/dev/null 2>&1; fi
+  if [[ -n $DAEMON_PID && -d /proc/$DAEMON_PID ]]; then kill -TERM "$DAEMON_PID"; wait "$DAEMON_PID" 2>/dev/null; fi
+  kubectl delete resourceslices --field-selector "spec.nodeName=$NODE,spec.driver=$DRIVER" >/dev/null 2>&1
+  rm -f /dev/sdm-smoke0 /dev/sdm-smoke1 /dev/sdm-smoke2 /dev/sdm-share0
+  # The node-wide CDI spec outlives the daemon on purpose (a container restarted while the driver
+  # is away still finds its devices); this test's devices are gone, so its spec goes too.
+  rm -f "/var/run/cdi/$DRIVER-device.json"
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+# ---- 1. test devices and the rule
+for i in smoke0 smoke1 share0; do rm -f "/dev/sdm-$i"; mknod -m 0666 "/dev/sdm-$i" c 1 3; done
+CONFIG='[{"devicematch": "^sdm-smoke[0-9]+$", "nummaxdevices": 1}, {"devicematch": "^sdm-share0$", "nummaxdevices": 2}]'
+wait_until 120 eval '[[ $(kubectl get ns "$NS" -o jsonpath="{.status.phase}" 2>/dev/null) != Terminating ]]' ||
+  fail "namespace $NS is still terminating from an earlier run"
+kubectl create namespace "$NS" >/dev/null 2>&1
+kubectl label namespace "$NS" pod-security.kubernetes.io/enforce=privileged --overwrite >/dev/null
+pass "made /dev/sdm-smoke0, /dev/sdm-smoke1, /dev/sdm-share0 (char 1:3) on $NODE; rules ^sdm-smoke[0-9]+\$ (1), ^sdm-share0\$ (2)"
+
+# ---- 2. the daemon
+if [[ $MODE == host ]]; then
+  printf -- '- devicematch: ^sdm-smoke[0-9]+$\n  nummaxdevices: 1\n- devicematch: ^sdm-share0$\n  nummaxdevices: 2\n' \
+    >"$TMP/conf.yaml"
+  "$PY" -m smarter_device_manager dra --node-name "$NODE" --kubeconfig "${KUBECONFIG:-$HOME/.kube/config}" \
+    --config "$TMP/conf.yaml" --state-dir "$TMP/state" --http-address 127.0.0.1:18089 >"$TMP/daemon.log" 2>&1 &
+  DAEMON_PID=$!
+  # What the chart would make besides the daemon: the DeviceClass users name in claims.
+  cat >"$TMP/objects.yaml" <<EOF
+apiVersion: resource.k8s.io/v1
+kind: DeviceClass
+metadata: {name: $DRIVER}
+spec:
+  selectors:
+  - cel: {expression: 'device.driver == "$DRIVER"'}
+EOF
+  kubectl apply -f "$TMP/objects.yaml" >/dev/null || fail "kubectl apply of the DeviceClass"
+  ready() { [[ $(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:18089/readyz) == 200 ]]; }
+  readyz() { curl -s http://127.0.0.1:18089/readyz; }
+  metrics() { curl -s http://127.0.0.1:18089/metrics; }
+else
+  API=${SDM_SMOKE_API_SERVER:-}
+  if [[ -z $API ]] && ! kubectl -n kube-system get ds kube-proxy >/dev/null 2>&1; then
+    API=$(kubectl get endpoints kubernetes -o jsonpath='{.subsets[0].addresses[0].ip}:{.subsets[0].ports[0].port}')
+    note "no kube-proxy: the daemon reaches the API server at $API"
+  fi
+  VALUES=$("$PY" -c '
+import json, sys
+config, node, image, api = sys.argv[1:]
+dra = {"enabled": True}
+if api:
+    dra["apiServer"] = {"host": api.rsplit(":", 1)[0], "port": int(api.rsplit(":", 1)[1])}
+print(json.dumps({"fullnameOverride": "sdm-smoke", "config": json.loads(config), "logLevel": "debug",
+                  # this node only (null drops the chart default label; Helm merges maps)
+                  "nodeSelector": {"smarter-device-manager": None, "kubernetes.io/hostname": node},
+                  "image": {"repository": image.rsplit(":", 1)[0], "tag": image.rsplit(":", 1)[1],
+                            "pullPolicy": "Never"}, "dra": dra}))' "$CONFIG" "$NODE" "$IMAGE" "$API")
+  if command -v helm >/dev/null; then
+    echo "$VALUES" >"$TMP/values.json"
+    helm template sdm-smoke "$HERE/charts/smarter-device-manager" -n "$NS" -f "$TMP/values.json" >"$TMP/rendered.yaml"
+  else
+    "$PY" - "$HERE/charts/smarter-device-manager" "$NS" "$VALUES" >"$TMP/rendered.yaml" <<'EOF'
+import json, sys
+import helm_python as helm
+with helm.Chart.load(sys.argv[1]) as chart:
+    out = chart.render(json.loads(sys.argv[3]), name="sdm-smoke", namespace=sys.argv[2])
+print("\n---\n".join(text for path, text in sorted(out.items()) if not path.endswith(".txt")))
+EOF
+  fi
+  # DRA mode replaces the device-plugin DaemonSet: leave that one out.
+  "$PY" -c '
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+keep = [d for d in docs if not (d["kind"] == "DaemonSet" and not d["metadata"]["name"].endswith("-dra"))]
+print(yaml.safe_dump_all(keep))' "$TMP/rendered.yaml" >"$TMP/objects.yaml"
+  if kubectl apply -f "$TMP/objects.yaml" >"$TMP/apply.log" 2>&1; then
+    pass "chart (dra.enabled=true, image $IMAGE) applied: $(grep -c . "$TMP/apply.log") objects"
+  else
+    fail "kubectl apply of the chart: $(cat "$TMP/apply.log")"
+  fi
+  pod() { k get pods -l app.kubernetes.io/name=smarter-device-manager-dra -o jsonpath='{.items[0].metadata.name}' 2>/dev/null; }
+  ready() { [[ $(k get pods -l app.kubernetes.io/name=smarter-device-manager-dra -o jsonpath='{.items[0].status.conditions[?(@.type=="Ready")].status}' 2>/dev/null) == True ]]; }
+  readyz() { kubectl get --raw "/api/v1/namespaces/$NS/pods/$(pod):8080/proxy/readyz" 2>&1; }
+  metrics() { kubectl get --raw "/api/v1/namespaces/$NS/pods/$(pod):8080/proxy/metrics" 2>&1; }
+fi
+t=$(date +%s%N)
+if wait_until 120 ready; then
+  pass "the daemon is Ready in $(ms_since "$t") ms: $(readyz | head -1)"
+else
+  fail "the daemon is not Ready after 120 s: $(readyz)"
+  daemon_log | tail -20 | sed 's/^/       /'
+  [[ $MODE == image ]] && k describe pods | tail -20 | sed 's/^/       /'
+fi
+
+# ---- 3. the slice
+if wait_until 20 eval '[[ $(slice_devices) == "sdm-share0 sdm-smoke0 sdm-smoke1 " ]]'; then
+  pass "ResourceSlice of $NODE lists: $(slice_devices)"
+  kubectl get resourceslices --field-selector "spec.nodeName=$NODE,spec.driver=$DRIVER" \
+    -o jsonpath='{.items[0].spec.devices}' | "$PY" -c '
+import json, sys
+for d in json.load(sys.stdin):
+    attrs = ", ".join(f"{k}={list(v.values())[0]!r}" for k, v in sorted(d["attributes"].items()))
+    name, capacity = d["name"], d.get("capacity")
+    extra = f"; allowMultipleAllocations, capacity {capacity}" if d.get("allowMultipleAllocations") else ""
+    print(f"     {name}: {attrs}{extra}")'
+else
+  fail "ResourceSlice devices: '$(slice_devices)'"
+fi
+
+# ---- 4. a claim by attribute, shared by two pods
+cat >"$TMP/claims.yaml" <<EOF
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaim
+metadata: {name: smoke-shared, namespace: $NS}
+spec:
+  devices:
+    requests:
+    - name: dev
+      exactly:
+        deviceClassName: $DRIVER
+        selectors:
+        - cel:
+            expression: >-
+              device.attributes["$DRIVER"].path == "/dev/sdm-smoke0" &&
+              device.attributes["$DRIVER"].subsystem == "mem" && device.attributes["$DRIVER"].major == 1
+---
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaimTemplate
+metadata: {name: smoke-template, namespace: $NS}
+spec:
+  spec:
+    devices:
+      requests:
+      - name: dev
+        exactly:
+          deviceClassName: $DRIVER
+          selectors:
+          - cel: {expression: 'device.attributes["$DRIVER"].path == "/dev/sdm-smoke1"'}
+EOF
+kubectl apply -f "$TMP/claims.yaml" >/dev/null || fail "kubectl apply of the claims"
+BUSYBOX=${REALK8S_BUSYBOX_IMAGE:-busybox:1.36}
+mkpod() {  # NAME CLAIM-FIELD
+  cat <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: $1, namespace: $NS}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 0
+  resourceClaims:
+  - {name: dev, $2}
+  containers:
+  - name: main
+    image: $BUSYBOX
+    imagePullPolicy: IfNotPresent
+    command: [sh, -c, 'sleep 3600']
+    resources:
+      claims: [{name: dev}]
+EOF
+}
+phase() { k get pod "$1" -o jsonpath='{.status.phase}' 2>/dev/null; }
+check_pod() {  # POD DEVICE
+  local dev env
+  if wait_until 90 eval '[[ $(phase '"$1"') == Running ]]'; then
+    dev=$(k exec "$1" -- stat -c '%F %t:%T %n' "/dev/$2" 2>&1)
+    env=$(k exec "$1" -- sh -c 'env | grep ^SMARTER_DEVICES_' 2>&1)
+    if [[ $dev == "character special file 1:3 /dev/$2" ]]; then
+      pass "pod $1 is Running and sees /dev/$2 (char 1:3), env $env"
+    else
+      fail "pod $1: /dev/$2: '$dev'"
+    fi
+  else
+    fail "pod $1 phase '$(phase "$1")'"
+    k describe pod "$1" | tail -8 | sed 's/^/       /'
+  fi
+}
+t=$(date +%s%N)
+mkpod smoke-a "resourceClaimName: smoke-shared" | kubectl apply -f - >/dev/null
+check_pod smoke-a sdm-smoke0
+alloc=$(k get resourceclaim smoke-shared -o jsonpath='{.status.allocation.devices.results[0].pool}/{.status.allocation.devices.results[0].device}')
+[[ $alloc == "$NODE/sdm-smoke0" ]] && pass "claim smoke-shared (CEL on path, subsystem, major) allocated $alloc" ||
+  fail "claim smoke-shared allocated '$alloc'"
+mkpod smoke-b "resourceClaimName: smoke-shared" | kubectl apply -f - >/dev/null
+check_pod smoke-b sdm-smoke0
+users=$(k get resourceclaim smoke-shared -o jsonpath='{.status.reservedFor[*].name}')
+[[ $users == *smoke-a* && $users == *smoke-b* ]] && pass "claim smoke-shared is shared: reserved for $users" ||
+  fail "claim smoke-shared reserved for '$users'"
+
+# ---- 5. a claim from a template
+mkpod smoke-c "resourceClaimTemplateName: smoke-template" | kubectl apply -f - >/dev/null
+check_pod smoke-c sdm-smoke1
+
+# ---- 5b. one device held by two claims at once (nummaxdevices 2), a third claim waits
+cat >"$TMP/share.yaml" <<EOF
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaimTemplate
+metadata: {name: smoke-share, namespace: $NS}
+spec:
+  spec:
+    devices:
+      requests:
+      - name: dev
+        exactly:
+          deviceClassName: $DRIVER
+          selectors:
+          - cel: {expression: 'device.attributes["$DRIVER"].path == "/dev/sdm-share0"'}
+EOF
+kubectl apply -f "$TMP/share.yaml" >/dev/null || fail "kubectl apply of smoke-share"
+for p in smoke-s1 smoke-s2 smoke-s3; do mkpod "$p" "resourceClaimTemplateName: smoke-share" | kubectl apply -f - >/dev/null; done
+running() { local n=0 p; for p in smoke-s1 smoke-s2 smoke-s3; do [[ $(phase $p) == Running ]] && n=$((n + 1)); done; echo $n; }
+wait_until 90 eval '[[ $(running) == 2 ]]'
+sleep 3  # the third stays Pending: nothing frees a share
+waiting=""
+for p in smoke-s1 smoke-s2 smoke-s3; do
+  if [[ $(phase $p) == Running ]]; then check_pod "$p" sdm-share0; else waiting=$p; fi
+done
+shares=$(k get resourceclaims -o jsonpath='{range .items[*]}{.status.allocation.devices.results[0].device}/{.status.allocation.devices.results[0].shareID}{" "}{end}' | tr ' ' '\n' | grep '^sdm-share0/.' | sort -u | wc -l)
+if [[ $(running) == 2 && $shares == 2 && -n $waiting ]]; then
+  pass "sdm-share0 (nummaxdevices 2) is held by 2 claims with distinct share IDs; $waiting waits: $(k get events --field-selector involvedObject.name=$waiting -o jsonpath='{.items[-1].message}' | cut -c1-60)"
+else
+  fail "sdm-share0: $(running) pods running, $shares distinct shares, waiting '$waiting'"
+fi
+k delete pod smoke-s1 smoke-s2 smoke-s3 --wait=false >/dev/null 2>&1
+daemon_log | grep -E "NodePrepareResources" | sed 's/^/     daemon: /' | cut -c1-220
+
+# ---- 6. plug and unplug
+t=$(date +%s%N)
+mknod -m 0666 /dev/sdm-smoke2 c 1 3
+if wait_until 10 eval '[[ $(slice_devices) == *sdm-smoke2* ]]'; then
+  pass "plugged /dev/sdm-smoke2: in the ResourceSlice after $(ms_since "$t") ms (kubectl polling included)"
+else
+  fail "sdm-smoke2 not in the slice after 10 s: $(slice_devices)"
+fi
+t=$(date +%s%N)
+rm -f /dev/sdm-smoke2
+if wait_until 10 eval '[[ $(slice_devices) != *sdm-smoke2* ]]'; then
+  pass "unplugged /dev/sdm-smoke2: gone from the ResourceSlice after $(ms_since "$t") ms; slice: $(slice_devices)"
+else
+  fail "sdm-smoke2 still in the slice after 10 s"
+fi
+
+# ---- 7. kubelet restart
+RESTART=${SDM_SMOKE_KUBELET_RESTART:-}
+if [[ -z $RESTART ]]; then
+  if [[ -x $REALK8S_TOOLS/stop.sh ]]; then
+    RESTART="$REALK8S_TOOLS/stop.sh kubelet && $REALK8S_TOOLS/start.sh"
+  else
+    RESTART="systemctl restart kubelet"
+  fi
+fi
+before=$(kubectl get resourceslices --field-selector "spec.nodeName=$NODE,spec.driver=$DRIVER" -o jsonpath='{.items[0].metadata.uid}')
+t=$(date +%s%N)
+note "restarting the kubelet: $RESTART"
+bash -c "$RESTART" >"$TMP/restart.log" 2>&1 || fail "kubelet restart command failed: $(tail -3 "$TMP/restart.log")"
+back() {
+  local uid
+  uid=$(kubectl get resourceslices --field-selector "spec.nodeName=$NODE,spec.driver=$DRIVER" -o jsonpath='{.items[0].metadata.uid}' 2>/dev/null)
+  [[ -n $uid && $uid != "$before" && $(slice_devices) == "sdm-share0 sdm-smoke0 sdm-smoke1 " ]]
+}
+if wait_until 90 back; then
+  pass "after the kubelet restart the slice was deleted and published again (new uid), $(ms_since "$t") ms after the restart began"
+  daemon_log | grep -E "was deleted|registered DRA driver" | tail -3 | sed 's/^/     daemon: /' | cut -c1-200
+else
+  fail "slices after the kubelet restart: '$(slice_devices)' (uid before $before)"
+fi
+wait_until 60 ready || fail "the daemon is not Ready again after the kubelet restart: $(readyz)"
+
+# ---- 8. unprepare
+k delete pod smoke-a smoke-b smoke-c --wait=false >/dev/null 2>&1
+t=$(date +%s%N)
+unprepared() { [[ $(daemon_log | grep -c "NodeUnprepareResources") -ge 4 ]]; }
+if wait_until 90 unprepared; then
+  pass "pods deleted: the kubelet unprepared the claims ($(ms_since "$t") ms)"
+  daemon_log | grep "NodeUnprepareResources" | sed 's/^/     daemon: /' | cut -c1-200
+else
+  fail "no NodeUnprepareResources within 90 s of deleting the pods"
+fi
+m=$(metrics)
+pid=$(pgrep -f "smarter-device-manager dra" | head -1)
+[[ -n $pid ]] && note "daemon memory: $(grep -E '^(VmRSS|VmHWM|Threads)' /proc/"$pid"/status | tr -s ' \t' ' ' | tr '\n' ' ')"
+echo "$m" | grep -E "^smarter_device_manager_dra_(prepares|unprepares|slice_writes|api_errors|prepared_claims|slices_deleted)" | sed 's/^/     metric: /'
+echo "$m" | grep -q "smarter_device_manager_dra_prepared_claims 0" && pass "no prepared claims left in the checkpoint" ||
+  fail "prepared claims left: $(echo "$m" | grep dra_prepared_claims)"
+ls /var/run/cdi/$DRIVER-claim_* >/dev/null 2>&1 && fail "claim CDI specs left: $(ls /var/run/cdi/$DRIVER-claim_*)" ||
+  pass "no claim-specific CDI specs left in /var/run/cdi"
+
+echo "---- daemon log (last 40 lines)"
+daemon_log | tail -40 | cut -c1-220 | sed 's/^/     /'
+if ((FAILS)); then
+  echo "DRA-SMOKE: FAIL ($FAILS failed checks, $(($(ms_since "$T0") / 1000)) s)"
+  exit 1
+fi
+echo "DRA-SMOKE: PASS ($(($(ms_since "$T0") / 1000)) s)"

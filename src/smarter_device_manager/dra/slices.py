@@ -1,0 +1,148 @@
+"""ResourceSlices: this node's DRA devices -> the slices to publish, and the fewest writes to get there.
+
+Pure: no I/O, no clock. The publisher (``publisher.py``) feeds it what the API server holds
+(from its list and watch) and carries out the writes it returns.
+
+Shape of what we publish: one pool per node, named after the node, split into slices of at most
+128 devices (the API's limit), named ``<node>-<driver>-<n>``. Fixed names rather than
+``generateName`` so that a restarted daemon finds its slices again and, when nothing changed,
+writes nothing at all.
+
+**Sharing** (``nummaxdevices``): 1 publishes a plain device, which one ResourceClaim gets at a
+time; any number of pods may share that claim, which is DRA's own way to share a device. N > 1
+also sets ``allowMultipleAllocations`` with a consumable capacity ``shares`` of N (each claim
+takes one by default, and may ask for up to N, i.e. all of it), so up to N claims hold the device
+at once: DRA's consumable capacity (KEP-5075, beta and on by default in Kubernetes 1.36). A 1.34
+or 1.35 API server without that feature drops the two fields, and the device simply behaves as
+with 1: one claim, shared by pods. docs/dra.md says the same for users.
+
+**Generations**: whenever anything in the pool changes, every slice of the pool gets the next
+generation (the API's contract: consumers use the highest generation they see). With up to 128
+devices that is one update per change. A slice the server stored differently from what we sent
+(fields a server without a feature drops) is remembered as an *echo*, so it is not rewritten in a
+loop.
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from smarter_device_manager.dra.devices import DraDevice
+
+API_VERSION = "resource.k8s.io/v1"
+MAX_DEVICES = 128
+SHARES = "shares"
+NAME_MAX = 253
+_NOT_NAME = re.compile(r"[^a-z0-9.-]+")
+
+
+@dataclass(frozen=True)
+class Write:
+    """One API write: ``create``, ``update`` (with the resourceVersion it replaces) or ``delete``."""
+
+    verb: str
+    name: str
+    body: dict[str, Any] | None = None
+    resource_version: str = ""
+
+
+@dataclass(frozen=True)
+class Echo:
+    """What we last sent for a slice's spec and what the server stored from it."""
+
+    sent: dict[str, Any]
+    stored: dict[str, Any]
+
+
+def slice_name(node: str, driver: str, index: int) -> str:
+    """``<node>-<driver>-<index>`` as a DNS subdomain, shortened with a crc32 when too long."""
+    raw = f"{node}-{driver}-{index}".lower()
+    name = _NOT_NAME.sub("-", raw).strip("-.")
+    if len(name) <= NAME_MAX and name == raw:
+        return name
+    digest = f"{binascii.crc32(raw.encode()):08x}"
+    return f"{name[:NAME_MAX - len(digest) - 1].rstrip('-.')}-{digest}"
+
+
+def device_entry(device: DraDevice) -> dict[str, Any]:
+    """The ``spec.devices[]`` entry of one device."""
+    entry: dict[str, Any] = {"name": device.name, "attributes": dict(device.attributes)}
+    if device.shares > 1:
+        count = str(device.shares)
+        entry["allowMultipleAllocations"] = True
+        entry["capacity"] = {SHARES: {
+            "value": count,
+            "requestPolicy": {"default": "1", "validRange": {"min": "1", "max": count, "step": "1"}},
+        }}
+    return entry
+
+
+def desired_specs(node: str, driver: str, devices: Sequence[DraDevice],
+                  generation: int) -> dict[str, dict[str, Any]]:
+    """The slices' specs by name, for ``generation``. No devices: one empty slice, which tells the
+    scheduler this node's pool exists and is empty (rather than unknown)."""
+    entries = [device_entry(d) for d in sorted(devices, key=lambda d: d.name)]
+    chunks = [entries[i:i + MAX_DEVICES] for i in range(0, len(entries), MAX_DEVICES)] or [[]]
+    return {
+        slice_name(node, driver, index): {
+            "driver": driver,
+            "nodeName": node,
+            "pool": {"name": node, "generation": generation, "resourceSliceCount": len(chunks)},
+            "devices": chunk,
+        }
+        for index, chunk in enumerate(chunks)
+    }
+
+
+def _without_generation(spec: Mapping[str, Any]) -> dict[str, Any]:
+    pool = dict(spec.get("pool") or {})
+    pool.pop("generation", None)
+    return {**spec, "pool": pool}
+
+
+def _generation(obj: Mapping[str, Any]) -> int:
+    try:
+        return int(((obj.get("spec") or {}).get("pool") or {}).get("generation") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def in_sync(desired: Mapping[str, Any], observed: Mapping[str, Any], echo: Echo | None) -> bool:
+    """Does the stored slice already say what we want (ignoring the pool generation)?"""
+    spec = _without_generation(observed.get("spec") or {})
+    want = _without_generation(desired)
+    if spec == want:
+        return True
+    return echo is not None and _without_generation(echo.sent) == want and \
+        _without_generation(echo.stored) == spec
+
+
+def plan(node: str, driver: str, devices: Sequence[DraDevice], observed: Mapping[str, Mapping[str, Any]],
+         echoes: Mapping[str, Echo]) -> list[Write]:
+    """The writes that make the API server hold exactly our pool; [] when it already does.
+
+    ``observed``: our slices as the server has them (name -> object with metadata and spec).
+    """
+    generations = {_generation(obj) for obj in observed.values()}
+    current = max(generations, default=0)
+    desired = desired_specs(node, driver, devices, current or 1)
+    if set(desired) == set(observed) and len(generations) == 1 and all(
+            in_sync(spec, observed[name], echoes.get(name)) for name, spec in desired.items()):
+        return []
+    generation = current + 1
+    writes: list[Write] = []
+    for name, spec in desired_specs(node, driver, devices, generation).items():
+        metadata: dict[str, str] = {"name": name}
+        body = {"apiVersion": API_VERSION, "kind": "ResourceSlice", "metadata": metadata, "spec": spec}
+        if name in observed:
+            version = str((observed[name].get("metadata") or {}).get("resourceVersion", ""))
+            metadata["resourceVersion"] = version
+            writes.append(Write("update", name, body, version))
+        else:
+            writes.append(Write("create", name, body))
+    writes += [Write("delete", name) for name in sorted(set(observed) - set(desired))]
+    return writes

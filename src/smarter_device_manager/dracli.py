@@ -1,0 +1,175 @@
+"""The ``dra`` subcommand: its options and how it starts DRA mode.
+
+Kept apart from ``cli.py`` so that device-plugin mode never loads DRA mode's code, its API client
+or ``ssl`` (a test checks ``sys.modules`` after ``serve`` starts): this module is only argparse
+definitions until ``run`` is called. Every option also comes from an ``SDM_*`` environment
+variable, checked by the flag's own function (cli._Parser.add_env_option): a bad value from the
+environment fails exactly like a bad flag (exit 2, naming the option and the variable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from collections.abc import Callable
+from typing import Any
+
+DEFAULT_DRIVER = "smarter-devices.io"
+DEFAULT_PLUGINS_DIR = "/var/lib/kubelet/plugins"
+DEFAULT_REGISTRY_DIR = "/var/lib/kubelet/plugins_registry"
+DEFAULT_CDI_DIR = "/var/run/cdi"
+_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+
+
+def _subdomain(text: str, what: str, limit: int) -> str | None:
+    if not text:
+        return f"{what} is empty"
+    if len(text) > limit:
+        return f"{what} {text!r} is longer than {limit} characters"
+    if not all(_DNS_LABEL.match(part) for part in text.split(".")):
+        return f"{what} {text!r} is not a DNS subdomain (lowercase letters, digits, '-', '.')"
+    return None
+
+
+def driver_name(text: str) -> str:
+    """A DRA driver name: a DNS subdomain of at most 63 characters that is also a CDI vendor."""
+    problem = _subdomain(text, "driver name", 63)
+    if problem is None and "." not in text:
+        problem = f"driver name {text!r} should be a domain you own, e.g. smarter-devices.io"
+    if problem is None and not text[0].isalpha():
+        problem = f"driver name {text!r} must start with a letter (it is also the CDI vendor)"
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def node_name(text: str) -> str:
+    problem = _subdomain(text, "node name", 253)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def absolute_dir(text: str) -> str:
+    if not text.startswith("/"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an absolute path")
+    return text.rstrip("/") or "/"
+
+
+def _one_of(*choices: str) -> Callable[[str], str]:
+    """A ``type=`` check instead of ``choices=``: argparse checks choices for flags only, never
+    for a default, so a bad SDM_LOG_LEVEL would get through ``choices``."""
+    def check(text: str) -> str:
+        if text.lower() not in choices:
+            raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(choices)})")
+        return text.lower()
+    return check
+
+
+def add_parser(sub: Any, discovery_options: Callable[[Any], None],
+               parse_address: Callable[[str], tuple[str, int] | None]) -> Any:
+    """The ``dra`` subcommand's parser (a ``cli._Parser``: every option also from its variable,
+    checked by the same function as the flag)."""
+    dra = sub.add_parser("dra", help="run as a Dynamic Resource Allocation (resource.k8s.io/v1) driver")
+    discovery_options(dra)
+    dra.add_env_option("--host-dev-dir", absolute_dir, None, metavar="DIR",
+                       help="where --dev-dir is on the node, if mounted elsewhere (default: same as "
+                       "--dev-dir)")
+    dra.add_env_option("--driver-name", driver_name, DEFAULT_DRIVER, metavar="NAME",
+                       help=f"DRA driver name and CDI vendor (default {DEFAULT_DRIVER})")
+    dra.add_env_option("--node-name", node_name, None, metavar="NAME",
+                       help="this node's name (the chart sets it from spec.nodeName)")
+    dra.add_env_option("--kubeconfig", _existing_file, None, metavar="PATH",
+                       help="kubeconfig to reach the API server (default: the pod's ServiceAccount)")
+    dra.add_env_option("--kubelet-plugins-dir", absolute_dir, DEFAULT_PLUGINS_DIR, metavar="DIR",
+                       help=f"the kubelet's plugins dir; our socket goes in <dir>/<driver>/ (default "
+                       f"{DEFAULT_PLUGINS_DIR})")
+    dra.add_env_option("--kubelet-registry-dir", absolute_dir, DEFAULT_REGISTRY_DIR, metavar="DIR",
+                       help=f"the kubelet's plugin watcher dir (default {DEFAULT_REGISTRY_DIR})")
+    dra.add_env_option("--cdi-dir", absolute_dir, DEFAULT_CDI_DIR, metavar="DIR",
+                       help=f"where CDI specs are written (default {DEFAULT_CDI_DIR})")
+    dra.add_env_option("--state-dir", absolute_dir, None, metavar="DIR",
+                       help="where the checkpoint of prepared claims is kept (default "
+                       "<kubelet-plugins-dir>/<driver>)")
+    dra.add_env_option("--log-level", _one_of("debug", "info", "warning", "error"), "info",
+                       metavar="{debug,info,warning,error}", help="what to log (default info)")
+    dra.add_env_option("--log-format", _one_of("text", "json"), "text", metavar="{text,json}",
+                       help="log lines as text, or json with one object per line (default text)")
+    dra.add_env_option("--http-address", parse_address, "", metavar="HOST:PORT",
+                       help="serve /healthz /readyz /metrics on HOST:PORT (default: off)")
+    return dra
+
+
+def _existing_file(text: str) -> str:
+    if not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file")
+    return text
+
+
+def run(args: argparse.Namespace, resolve_config: Callable[[str | None], tuple[str | None, str]],
+        load_or_exit: Callable[[str | None], Any]) -> int:
+    """Start DRA mode; 2 for usage and config errors, 1 when it cannot start."""
+    import asyncio
+    import logging
+
+    from smarter_device_manager import logs
+
+    logs.setup(args.log_level, args.log_format)
+    log = logging.getLogger("smarter_device_manager")
+    if not args.node_name:
+        log.error("not starting: DRA mode needs this node's name: --node-name or SDM_NODE_NAME (the chart "
+                  "sets it from the pod's spec.nodeName)")
+        return 2
+    from smarter_device_manager.dra import kube
+    from smarter_device_manager.dra.daemon import DraDaemon, DraSettings
+
+    try:
+        cluster = kube.load_kubeconfig(args.kubeconfig) if args.kubeconfig else kube.in_cluster()
+    except kube.ConfigError as exc:
+        log.error("not starting: %s", exc)
+        return 2
+    path, why = resolve_config(args.config)
+    if path is None:
+        log.info("using the embedded default config (%s)", why)
+    config = load_or_exit(path)
+    if config is None:
+        log.error("not starting: the config is invalid (see above)")
+        return 2
+    if not os.path.isdir(args.dev_dir):
+        log.error("not starting: dev dir %s is not a directory", args.dev_dir)
+        return 2
+    from smarter_device_manager.config import DEFAULT_PATH
+
+    watch_dir = os.path.dirname(os.path.abspath(path or DEFAULT_PATH))
+    http = args.http_address
+    settings = DraSettings(
+        config_path=path,
+        config_watch_dir=watch_dir if os.path.isdir(watch_dir) else None,
+        dev_dir=args.dev_dir,
+        host_dev_dir=args.host_dev_dir or args.dev_dir,
+        sys_dir=args.sys_dir,
+        prefix=args.resource_prefix,
+        pass_device_specs=args.pass_device_specs,
+        driver=args.driver_name,
+        node=args.node_name,
+        plugins_dir=args.kubelet_plugins_dir,
+        registry_dir=args.kubelet_registry_dir,
+        cdi_dir=args.cdi_dir,
+        state_dir=args.state_dir or os.path.join(args.kubelet_plugins_dir, args.driver_name),
+        http_host=http[0] if http else None,
+        http_port=http[1] if http else 0,
+    )
+
+    async def main() -> int:
+        return await DraDaemon(settings, config, cluster).run()
+
+    try:
+        return asyncio.run(main())
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        log.error("not starting: %s%s", where, exc.strerror or exc)
+        return 1
+    finally:
+        sys.stdout.flush()

@@ -1,0 +1,468 @@
+"""DRA mode's pure parts and its edges without a daemon: device names and attributes, slices and
+their write plan, the API client (against the API server stand-in), the checkpoint, and the
+``dra`` subcommand's option checks (flags and SDM_* variables alike)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import mkdev, needs_root
+from fake_apiserver import FakeApiServer
+from fakesysfs import FakeSysfs
+
+from smarter_device_manager.config import Config, load_config
+from smarter_device_manager.discovery import discover
+from smarter_device_manager.dra import kube
+from smarter_device_manager.dra.devices import DraDevice, dra_devices, label
+from smarter_device_manager.dra.node import Checkpoint
+from smarter_device_manager.dra.slices import Echo, desired_specs, device_entry, plan, slice_name
+
+
+def _config(tmp_path: Path, text: str) -> Config:
+    path = tmp_path / "conf.yaml"
+    path.write_text(text)
+    return load_config(str(path))
+
+
+# --- names --------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("text", "expected"), [
+    ("ttyUSB0", "ttyusb0"),
+    ("net_tun", "net-tun"),  # '_' and '.' read as '-'
+    ("1-1.2", "1-1-2"),
+    ("Serial #5/A", "serial-5-a-"),  # anything else replaced gets a crc: '#5/A' and '-5-A' differ
+    ("usb-serial-A50285BI", "usb-serial-a50285bi"),
+    ("serial_by-id_usb-FTDI_FT232R_USB_UART_A50285BI-if00-port0", "serial-by-id-usb-ftdi"),
+    ("___", "d-"),
+])
+def test_labels_are_dns_labels_and_stable(text: str, expected: str) -> None:
+    name = label(text)
+    assert name.startswith(expected)
+    assert len(name) <= 63 and name == label(text)
+    assert name[0].isalnum() and name[-1].isalnum() and name == name.lower()
+    assert label("Serial #5/A") != label("serial--5-a")
+
+
+def test_slice_names_fit_a_dns_subdomain() -> None:
+    assert slice_name("node-a", "smarter-devices.io", 0) == "node-a-smarter-devices.io-0"
+    long = slice_name("n" * 250, "smarter-devices.io", 3)
+    assert len(long) <= 253 and long == slice_name("n" * 250, "smarter-devices.io", 3)
+    assert slice_name("Node_A", "d.io", 0) != slice_name("node-a", "d.io", 0)
+
+
+# --- devices --------------------------------------------------------------------------------------
+@needs_root
+def test_devices_have_typed_attributes_and_pool_members(tmp_path: Path) -> None:
+    sysfs = FakeSysfs(str(tmp_path / "sys"))
+    dev = tmp_path / "dev"
+    for made in (sysfs.ftdi(), sysfs.cp2102(), sysfs.ch340()):
+        mkdev(dev / made.node, major=made.major, minor=made.minor)
+    mkdev(dev / "fuse", major=10, minor=229)
+    mkdev(dev / "rtc0", major=252, minor=0)
+    config = _config(tmp_path, """\
+- name: gps
+  subsystem: tty
+  attributes: {idVendor: "0403"}
+  nummaxdevices: 1
+- name: usb-serial
+  pool: true
+  subsystem: tty
+  attributes: {driver: "*"}
+  nummaxdevices: 2
+- devicematch: ^fuse$
+  nummaxdevices: 20
+- devicematch: ^rtc0$
+  nummaxdevices: 0
+""")
+    inventory = discover(str(dev), config, "smarter-devices", str(tmp_path / "sys"))
+    devices, problems = dra_devices(inventory, "smarter-devices", str(dev), str(tmp_path / "sys"))
+    by_name = {d.name: d for d in devices}
+    assert set(by_name) == {"gps", "usb-serial-0001", "usb-serial-usb-1-1-2", "fuse"}
+    assert any("nummaxdevices 0" in p and "rtc0" in p for p in problems)
+    gps = dict(by_name["gps"].attributes)
+    assert gps["idVendor"] == {"string": "0403"} and gps["serial"] == {"string": "A50285BI"}
+    assert gps["major"] == {"int": 188} and gps["type"] == {"string": "char"}
+    assert gps["driver"] == {"string": "ftdi_sio"} and gps["subsystem"] == {"string": "tty"}
+    assert gps["usbPort"] == {"string": "1-1.3"} and gps["usbHub"] == {"string": "1-1"}
+    assert gps["bcdDevice"] == {"version": "6.0.0"}
+    assert gps["rule"] == {"int": 1} and gps["resource"] == {"string": "smarter-devices/gps"}
+    ch340 = dict(by_name["usb-serial-usb-1-1-2"].attributes)
+    assert ch340["identity"] == {"string": "usb-1-1.2"} and "serial" not in ch340
+    assert by_name["usb-serial-0001"].member is not None
+    fuse = dict(by_name["fuse"].attributes)
+    assert fuse["usb"] == {"bool": False}
+    entry = device_entry(by_name["fuse"])
+    assert entry["allowMultipleAllocations"] is True
+    policy = entry["capacity"]["shares"]["requestPolicy"]
+    assert policy == {"default": "1", "validRange": {"min": "1", "max": "20", "step": "1"}}
+    assert "capacity" not in device_entry(by_name["gps"])
+    for device in devices:
+        for key, value in device.attributes:
+            assert key.isidentifier() and len(key) <= 32
+            assert len(value) == 1 and len(str(value.get("string", ""))) <= 64
+
+
+# --- slices and the write plan ---------------------------------------------------------------------
+def _fake_devices(tmp_path: Path, count: int, shares: int = 1) -> list[DraDevice]:
+    config = _config(tmp_path, f"- devicematch: ^x\n  nummaxdevices: {shares}\n")
+    rule = config.rules[0]
+    from smarter_device_manager.discovery import KIND_DEVICE, DeviceNode, Resource
+
+    return [DraDevice(f"x{i:04d}", Resource(f"x{i:04d}", f"x{i:04d}", KIND_DEVICE, shares, rule,
+                                            (DeviceNode(f"x{i:04d}", f"x{i:04d}"),)),
+                      (("path", {"string": f"/dev/x{i:04d}"}),), (DeviceNode(f"x{i:04d}", f"x{i:04d}"),))
+            for i in range(count)]
+
+
+def _stored(specs: dict[str, dict[str, Any]], version: int = 7) -> dict[str, dict[str, Any]]:
+    return {name: {"metadata": {"name": name, "resourceVersion": str(version)}, "spec": spec}
+            for name, spec in specs.items()}
+
+
+def test_plan_writes_nothing_when_in_sync_and_one_update_per_change(tmp_path: Path) -> None:
+    devices = _fake_devices(tmp_path, 3)
+    first = plan("n", "d.io", devices, {}, {})
+    assert [(w.verb, w.name) for w in first] == [("create", "n-d.io-0")]
+    assert first[0].body is not None and first[0].body["spec"]["pool"]["generation"] == 1
+    observed = _stored(desired_specs("n", "d.io", devices, 1))
+    assert plan("n", "d.io", devices, observed, {}) == []
+    changed = plan("n", "d.io", devices[:2], observed, {})
+    assert [(w.verb, w.resource_version) for w in changed] == [("update", "7")]
+    assert changed[0].body is not None and changed[0].body["spec"]["pool"]["generation"] == 2
+
+
+def test_plan_splits_at_128_devices_and_deletes_slices_no_longer_needed(tmp_path: Path) -> None:
+    devices = _fake_devices(tmp_path, 200)
+    writes = plan("n", "d.io", devices, {}, {})
+    assert [(w.verb, w.name) for w in writes] == [("create", "n-d.io-0"), ("create", "n-d.io-1")]
+    counts = [len(w.body["spec"]["devices"]) for w in writes if w.body]
+    assert counts == [128, 72]
+    assert all(w.body and w.body["spec"]["pool"]["resourceSliceCount"] == 2 for w in writes)
+    observed = _stored(desired_specs("n", "d.io", devices, 1))
+    shrink = plan("n", "d.io", devices[:5], observed, {})
+    assert [(w.verb, w.name) for w in shrink] == [("update", "n-d.io-0"), ("delete", "n-d.io-1")]
+    empty = plan("n", "d.io", [], {}, {})
+    assert empty[0].body is not None and empty[0].body["spec"]["devices"] == []
+
+
+def test_plan_accepts_what_a_server_without_a_feature_stored(tmp_path: Path) -> None:
+    devices = _fake_devices(tmp_path, 1, shares=4)
+    sent = desired_specs("n", "d.io", devices, 1)["n-d.io-0"]
+    stored = json.loads(json.dumps(sent))
+    for device in stored["devices"]:  # a 1.34 server drops the consumable-capacity fields
+        device.pop("allowMultipleAllocations")
+        device.pop("capacity")
+    observed = _stored({"n-d.io-0": stored})
+    assert plan("n", "d.io", devices, observed, {}) != [], "without the echo it would rewrite"
+    assert plan("n", "d.io", devices, observed, {"n-d.io-0": Echo(sent, stored)}) == []
+
+
+def test_plan_rewrites_every_slice_when_generations_disagree(tmp_path: Path) -> None:
+    devices = _fake_devices(tmp_path, 130)
+    observed = _stored(desired_specs("n", "d.io", devices, 3))
+    observed["n-d.io-1"]["spec"]["pool"]["generation"] = 2
+    writes = plan("n", "d.io", devices, observed, {})
+    assert {w.verb for w in writes} == {"update"} and len(writes) == 2
+    assert all(w.body and w.body["spec"]["pool"]["generation"] == 4 for w in writes)
+
+
+# --- the API client ----------------------------------------------------------------------------------
+def _run(coro: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+def test_client_requests_errors_and_watch(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        api = FakeApiServer()
+        await api.start()
+        try:
+            cluster = kube.load_kubeconfig(api.kubeconfig(str(tmp_path / "kc")))
+            client = kube.KubeClient(cluster, timeout=1.0)
+            path = kube.path_of("resource.k8s.io/v1", "resourceslices")
+            listed = await client.request("GET", path, verb="list", resource="resourceslices")
+            assert listed["items"] == []
+            api.forbid.add(("list", "resourceslices"))
+            with pytest.raises(kube.KubeError) as refused:
+                await client.request("GET", path, verb="list", resource="resourceslices")
+            assert refused.value.status == 403
+            assert "needs the verb 'list' on 'resourceslices'" in str(refused.value)
+            api.forbid.clear()
+            api.fail_next = [500]
+            with pytest.raises(kube.KubeError, match="HTTP 500"):
+                await client.request("GET", path, verb="list", resource="resourceslices")
+            api.delay = 2.0
+            with pytest.raises(kube.KubeError, match=r"no answer from the API server .* within 1 s"):
+                await client.request("GET", path, verb="list", resource="resourceslices")
+            api.delay = 0
+            bad = kube.KubeClient(kube.Cluster("127.0.0.1", api.port, None, token="wrong"))
+            with pytest.raises(kube.KubeError, match="did not accept our credentials"):
+                await bad.request("GET", path, verb="list")
+            api.add_claim("ns", "c", "u1", [])
+            events: list[str] = []
+
+            async def watch() -> None:
+                async for event in client.watch(path, {"timeoutSeconds": "1"}):
+                    events.append(event["type"])
+
+            task = asyncio.create_task(watch())
+            await asyncio.sleep(0.1)
+            body = {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice", "metadata": {"name": "s"},
+                    "spec": {"driver": "d.io", "nodeName": "n", "devices": [],
+                             "pool": {"name": "n", "generation": 1, "resourceSliceCount": 1}}}
+            await client.request("POST", path, body, verb="create")
+            await asyncio.wait_for(task, 5)
+            assert events == ["ADDED"]
+            await client.close()
+            await bad.close()
+            await api.stop()
+            down = kube.KubeClient(kube.Cluster("127.0.0.1", api.port, None), timeout=1.0)
+            with pytest.raises(kube.KubeError, match="cannot reach the API server"):
+                await down.request("GET", path, verb="list")
+        finally:
+            await api.stop()
+    _run(scenario())
+
+
+def test_client_over_tls_with_inline_certificates(tmp_path: Path) -> None:
+    """A kubeconfig as kubeadm writes it: CA and client certificate inline (base64)."""
+    import base64
+    import shutil
+    import ssl
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make certificates")
+
+    def make(name: str, extra: list[str]) -> tuple[Path, Path]:
+        key, cert = tmp_path / f"{name}.key", tmp_path / f"{name}.crt"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(cert), *extra],
+                       check=True, capture_output=True)
+        return key, cert
+
+    server_key, server_cert = make("127.0.0.1", ["-addext", "subjectAltName=IP:127.0.0.1"])
+    client_key, client_cert = make("sdm", [])
+
+    async def scenario() -> None:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(str(server_cert), str(server_key))
+        tls.load_verify_locations(str(client_cert))
+        tls.verify_mode = ssl.CERT_REQUIRED  # the client certificate must really be sent
+        api = FakeApiServer(token="")
+        await api.start(tls=tls)
+        def b64(path: Path) -> str:
+            return base64.b64encode(path.read_bytes()).decode()
+
+        kubeconfig = tmp_path / "kc"
+        kubeconfig.write_text(f"""
+current-context: c
+contexts: [{{name: c, context: {{cluster: k, user: u}}}}]
+clusters: [{{name: k, cluster: {{server: "{api.url}", certificate-authority-data: {b64(server_cert)}}}}}]
+users: [{{name: u, user: {{client-certificate-data: {b64(client_cert)},
+                          client-key-data: {b64(client_key)}}}}}]
+""")
+        client = kube.KubeClient(kube.load_kubeconfig(str(kubeconfig)))
+        try:
+            listed = await client.request("GET", kube.path_of("resource.k8s.io/v1", "resourceslices"))
+            assert listed["kind"] == "ResourceSliceList"
+            other = kubeconfig.read_text().replace(b64(server_cert), b64(client_cert))
+            kubeconfig.write_text(other)  # a CA that did not sign the server's certificate
+            wrong = kube.KubeClient(kube.load_kubeconfig(str(kubeconfig)), timeout=2)
+            with pytest.raises(kube.KubeError, match="CERTIFICATE_VERIFY_FAILED"):
+                await wrong.request("GET", kube.path_of("resource.k8s.io/v1", "resourceslices"))
+            await wrong.close()
+        finally:
+            await client.close()
+            await api.stop()
+    _run(scenario())
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[]", "not a kubeconfig"),
+    ("{", "not valid YAML"),
+    ("current-context: x\n", "no context named 'x'"),
+    ("apiVersion: v1\n", "no current-context"),
+    ("current-context: c\ncontexts: [{name: c, context: {cluster: k, user: u}}]\n"
+     "clusters: [{name: k, cluster: {server: 'ftp://x'}}]\nusers: [{name: u, user: {}}]\n",
+     "is not an http(s) URL"),
+    ("current-context: c\ncontexts: [{name: c, context: {cluster: k, user: u}}]\n"
+     "clusters: [{name: k, cluster: {server: 'https://x'}}]\n"
+     "users: [{name: u, user: {exec: {command: aws}}}]\n", "uses 'exec'"),
+    ("current-context: c\ncontexts: [{name: c, context: {cluster: k, user: u}}]\n"
+     "clusters: [{name: k, cluster: {server: 'https://x', certificate-authority-data: '!!'}}]\n"
+     "users: [{name: u, user: {}}]\n", "not valid base64"),
+    ("current-context: c\ncontexts: [{name: c, context: {cluster: k, user: u}}]\n"
+     "clusters: [{name: k, cluster: {server: 'https://x', certificate-authority: /nonexistent}}]\n"
+     "users: [{name: u, user: {}}]\n", "certificates unusable"),
+])
+def test_bad_kubeconfigs_are_refused_with_a_reason(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "kc"
+    path.write_text(text)
+    with pytest.raises(kube.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        kube.load_kubeconfig(str(path))
+    with pytest.raises(kube.ConfigError, match=r"kubeconfig .*missing"):
+        kube.load_kubeconfig(str(tmp_path / "missing"))
+
+
+def test_in_cluster_needs_the_service_account(tmp_path: Path) -> None:
+    with pytest.raises(kube.ConfigError, match="not in a pod"):
+        kube.in_cluster(str(tmp_path), env={})
+    env = {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+    with pytest.raises(kube.ConfigError, match="automountServiceAccountToken"):
+        kube.in_cluster(str(tmp_path), env=env)
+    (tmp_path / "token").write_text("t")
+    (tmp_path / "ca.crt").write_text("not a certificate")
+    with pytest.raises(kube.ConfigError, match="not a usable CA certificate"):
+        kube.in_cluster(str(tmp_path), env=env)
+    with pytest.raises(kube.ConfigError, match="not a port number"):
+        kube.in_cluster(str(tmp_path), env={**env, "KUBERNETES_SERVICE_PORT": "https"})
+
+
+# --- checkpoint -----------------------------------------------------------------------------------------
+def test_checkpoint_round_trips_and_sets_a_damaged_file_aside(tmp_path: Path) -> None:
+    checkpoint = Checkpoint(str(tmp_path))
+    checkpoint.load()
+    assert checkpoint.claims == {}
+    checkpoint.claims["u"] = {"namespace": "n", "name": "c", "devices": []}
+    checkpoint.save()
+    again = Checkpoint(str(tmp_path))
+    again.load()
+    assert again.claims == checkpoint.claims
+    (tmp_path / "checkpoint.json").write_text("{not json")
+    damaged = Checkpoint(str(tmp_path))
+    damaged.load()
+    assert damaged.claims == {} and (tmp_path / "checkpoint.json.damaged").exists()
+    (tmp_path / "checkpoint.json").write_text('{"version": 99, "claims": {}}')
+    other = Checkpoint(str(tmp_path))
+    other.load()
+    assert other.claims == {}
+
+
+# --- the dra subcommand ------------------------------------------------------------------------------------
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("SDM_", "KUBERNETES_"))}
+    return subprocess.run([sys.executable, "-m", "smarter_device_manager", *args], capture_output=True,
+                          text=True, env={**full, **(env or {})}, timeout=30)
+
+
+@pytest.mark.parametrize(("args", "env", "message"), [
+    (["--driver-name", "Smarter_Devices"], {}, "not a DNS subdomain"),
+    (["--driver-name", "nodots"], {}, "should be a domain you own"),
+    (["--driver-name", "a" * 64 + ".io"], {}, "longer than 63"),
+    (["--driver-name", "1devices.io"], {}, "must start with a letter"),
+    ([], {"SDM_DRIVER_NAME": "bad_name"}, "not a DNS subdomain"),
+    (["--node-name", "Node_A"], {}, "not a DNS subdomain"),
+    ([], {"SDM_NODE_NAME": ""}, "node name is empty"),
+    (["--kubelet-plugins-dir", "relative/dir"], {}, "not an absolute path"),
+    ([], {"SDM_CDI_DIR": "cdi"}, "not an absolute path"),
+    (["--http-address", "nope"], {}, "is not HOST:PORT"),
+    ([], {"SDM_LOG_LEVEL": "loud"}, "invalid choice"),
+])
+def test_dra_options_are_checked_from_flags_and_environment(args: list[str], env: dict[str, str],
+                                                           message: str) -> None:
+    result = _cli("dra", *args, env=env)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_dra_start_errors_are_clear(tmp_path: Path) -> None:
+    missing_node = _cli("dra", "--kubeconfig", str(tmp_path / "kc"))
+    assert missing_node.returncode == 2 and "needs this node's name" in missing_node.stderr
+    no_cluster = _cli("dra", "--node-name", "n")
+    assert no_cluster.returncode == 2 and "not in a pod" in no_cluster.stderr
+    bad_kc = _cli("dra", "--node-name", "n", "--kubeconfig", str(tmp_path / "kc"))
+    assert bad_kc.returncode == 2 and "No such file" in bad_kc.stderr
+    (tmp_path / "kc").write_text("[]")
+    assert "not a kubeconfig" in _cli("dra", "--node-name", "n", "--kubeconfig", str(tmp_path / "kc")).stderr
+
+
+def test_serve_loads_nothing_of_dra_mode(tmp_path: Path) -> None:
+    """Device-plugin mode keeps its memory: no DRA package, no API client, no ssl."""
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "c.yaml").write_text("[]\n")
+    probe = f"""
+import sys
+sys.modules["ssl"] = None  # what cli._serve does first; anything importing ssl after it fails
+import asyncio, json
+def stop(coro):
+    coro.close()
+    print(json.dumps(sorted(k for k, v in sys.modules.items() if v is not None)))
+    return 0
+asyncio.run = stop
+from smarter_device_manager import cli
+sys.exit(cli.main(["serve", "--dev-dir", {str(tmp_path / 'dev')!r}, "--plugin-dir",
+                   {str(tmp_path / 'plugins')!r}, "--config", {str(tmp_path / 'c.yaml')!r}]))
+"""
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    loaded = set(json.loads(result.stdout.strip().splitlines()[-1]))
+    assert "smarter_device_manager.daemon" in loaded, "the probe must reach the serve path"
+    assert not {m for m in loaded if m.startswith("smarter_device_manager.dra.")}
+    assert "smarter_device_manager.api.dra" not in loaded
+    assert "_ssl" not in loaded
+    assert not {m for m in loaded if m.split(".")[0] in ("lightkube", "httpx", "kubernetes")}
+
+
+# --- NodePrepareResources paths, in process ------------------------------------------------------------
+@needs_root
+def test_prepare_refuses_what_it_cannot_prepare_and_cleans_up(tmp_path: Path) -> None:
+    from smarter_device_manager.api import dra as pb
+    from smarter_device_manager.dra.devices import Paths
+    from smarter_device_manager.dra.node import NodeService
+    from smarter_device_manager.metrics import Metrics
+
+    dev = tmp_path / "dev"
+    mkdev(dev / "video0", major=81, minor=0)
+    mkdev(dev / "snd" / "controlC0", major=116, minor=0)
+    config = _config(tmp_path, "- devicematch: ^video0$\n  nummaxdevices: 1\n"
+                               "- devicematch: ^snd$\n  nummaxdevices: 1\n")
+    inventory = discover(str(dev), config, "smarter-devices", None)
+    devices, _ = dra_devices(inventory, "smarter-devices", str(dev), None)
+    current = {d.name: d for d in devices}
+    (tmp_path / "state").mkdir()
+    (tmp_path / "cdi").mkdir()
+
+    async def scenario() -> None:
+        api = FakeApiServer()
+        await api.start()
+        client = kube.KubeClient(kube.load_kubeconfig(api.kubeconfig(str(tmp_path / "kc"))))
+        checkpoint = Checkpoint(str(tmp_path / "state"))
+        service = NodeService("d.io", "n1", client, lambda: current, lambda: None,
+                              Paths(str(dev), str(dev)), "smarter-devices", str(tmp_path / "cdi"),
+                              checkpoint, Metrics())
+
+        async def prepare(name: str, results: list[dict[str, Any]] | None, uid: str = "") -> str:
+            if results is not None:
+                api.add_claim("ns", name, f"u-{name}", results)
+            answer = await service.prepare(pb.Claim(namespace="ns", name=name, uid=uid or f"u-{name}"))
+            return answer.error
+
+        assert "no allocated device of driver d.io" in await prepare("other", [
+            {"request": "r", "driver": "gpu.example.com", "pool": "n1", "device": "video0"}])
+        assert "allocated from pool n2, but this is node n1" in await prepare("remote", [
+            {"request": "r", "driver": "d.io", "pool": "n2", "device": "video0"}])
+        assert "device ghost is no longer on node n1" in await prepare("ghost", [
+            {"request": "r", "driver": "d.io", "pool": "n1", "device": "ghost"}])
+        (dev / "snd" / "controlC0").unlink()
+        assert "holds no device nodes any more" in await prepare("sound", [
+            {"request": "r", "driver": "d.io", "pool": "n1", "device": "snd"}])
+        (dev / "video0").unlink()
+        (dev / "video0").write_text("not a device")
+        assert "is no longer a device node" in await prepare("cam", [
+            {"request": "r", "driver": "d.io", "pool": "n1", "device": "video0"}])
+        assert checkpoint.claims == {}, "nothing failed is remembered"
+        (dev / "video0").unlink()
+        mkdev(dev / "video0", major=81, minor=0)
+        (tmp_path / "state" / "checkpoint.json").mkdir()  # unwritable, even for root
+        assert "cannot write the checkpoint" in await prepare("cam2", [
+            {"request": "r", "driver": "d.io", "pool": "n1", "device": "video0"}])
+        assert checkpoint.claims == {}
+        await client.close()
+        await api.stop()
+    _run(scenario())

@@ -1,0 +1,336 @@
+"""DRA mode as a black box: the daemon as a subprocess (``smarter-device-manager dra``), real unix
+sockets, real device nodes, the kubelet DRA stand-in (tests/kubelet_dra_standin.py) and the API
+server stand-in (tests/fake_apiserver.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import urllib.request
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import DaemonProcess, Node, mkdev, needs_root
+from fake_apiserver import FakeApiServer
+from fakesysfs import FakeSysfs
+from kubelet_dra_standin import KubeletDraStandin, wait_for
+
+pytestmark = [needs_root, pytest.mark.e2e]
+
+DRIVER = "smarter-devices.io"
+NODE = "node-a"
+SLICE = f"{NODE}-{DRIVER}-0"
+CONFIG = """\
+- name: usb-serial
+  pool: true
+  subsystem: tty
+  attributes: {idVendor: "10c4"}
+  nummaxdevices: 1
+  containerpath: /dev/usb-serial
+- devicematch: ^video[0-9]*$
+  nummaxdevices: 3
+- devicematch: ^ttyUSB[0-9]+$
+  nummaxdevices: 1
+- devicematch: ^snd$
+  nummaxdevices: 1
+"""
+
+
+def run(coro: Coroutine[Any, Any, None], timeout: float = 60) -> None:
+    asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+@dataclass
+class Dra:
+    node: Node
+    api: FakeApiServer
+    kubelet: KubeletDraStandin
+    proc: DaemonProcess
+    http_port: int
+    sys_root: Path
+
+    @property
+    def cdi(self) -> Path:
+        return self.node.root / "cdi"
+
+    def http(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=5) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def restart_daemon(self) -> None:
+        assert self.proc.stop() == 0
+        self.proc = start_daemon(self.node, self.api, self.http_port, self.sys_root)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_daemon(node: Node, api: FakeApiServer, http_port: int, sys_root: Path, *extra: str,
+                 env: dict[str, str] | None = None) -> DaemonProcess:
+    kubeconfig = api.kubeconfig(str(node.root / "kubeconfig"))
+    argv = ["dra", "--dev-dir", str(node.dev), "--config", str(node.config), "--sys-dir", str(sys_root),
+            "--node-name", NODE, "--kubeconfig", kubeconfig,
+            "--kubelet-plugins-dir", str(node.root / "plugins"),
+            "--kubelet-registry-dir", str(node.root / "plugins_registry"),
+            "--cdi-dir", str(node.root / "cdi"), "--state-dir", str(node.root / "state"),
+            "--http-address", f"127.0.0.1:{http_port}", "--log-level", "debug", *extra]
+    proc = DaemonProcess.spawn(argv, node.root / f"dra{len(node.procs)}.log", env)
+    node.procs.append(proc)
+    return proc
+
+
+def make_devices(node: Node, sys_root: Path) -> FakeSysfs:
+    sysfs = FakeSysfs(str(sys_root))
+    mkdev(node.dev / "video0", major=81, minor=0)
+    mkdev(node.dev / "ttyUSB0", major=188, minor=0)
+    mkdev(node.dev / "snd" / "controlC0", major=116, minor=0)
+    mkdev(node.dev / "snd" / "pcmC0D0p", major=116, minor=16)
+    for device in (sysfs.cp2102(port="1-1.4", node="ttyUSB1", minor=1),
+                   sysfs.cp2102(port="1-1.1", node="ttyUSB2", minor=2, serial="0002")):
+        mkdev(node.dev / device.node, major=device.major, minor=device.minor)
+    return sysfs
+
+
+@asynccontextmanager
+async def dra_node(node: Node, sys_root: Path, config: str = CONFIG) -> AsyncIterator[Dra]:
+    node.write_config(config)
+    api = FakeApiServer()
+    await api.start()
+    kubelet = KubeletDraStandin(str(node.root / "plugins_registry"), NODE, api)
+    await kubelet.start()
+    port = free_port()
+    proc = start_daemon(node, api, port, sys_root)
+    dra = Dra(node, api, kubelet, proc, port, sys_root)
+    try:
+        await wait_for(lambda: DRIVER in kubelet.registered, 10, "registration")
+        yield dra
+    finally:
+        await kubelet.stop()
+        await api.stop()
+
+
+EXPECTED_NAMES = {"video0", "ttyusb0", "snd", "usb-serial-0001", "usb-serial-0002"}
+
+
+def test_publishes_registers_prepares_and_unprepares(node: Node, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        make_devices(node, tmp_path / "sys")
+        async with dra_node(node, tmp_path / "sys") as dra:
+            api = dra.api
+            await wait_for(lambda: set(api.devices(NODE)) == EXPECTED_NAMES, 10, "slices")
+            assert list(api.slices) == [SLICE]
+            spec = api.slices[SLICE]["spec"]
+            assert spec["driver"] == DRIVER and spec["nodeName"] == NODE
+            assert spec["pool"] == {"name": NODE, "generation": 1, "resourceSliceCount": 1}
+            devices = api.devices(NODE)
+            video = devices["video0"]
+            assert video["allowMultipleAllocations"] is True
+            assert video["capacity"]["shares"]["value"] == "3"
+            assert video["attributes"]["path"] == {"string": "/dev/video0"}
+            assert video["attributes"]["major"] == {"int": 81}
+            assert video["attributes"]["resource"] == {"string": "smarter-devices/video0"}
+            assert "allowMultipleAllocations" not in devices["ttyusb0"]
+            serial = devices["usb-serial-0001"]["attributes"]
+            assert serial["idVendor"] == {"string": "10c4"}
+            assert serial["usb"] == {"bool": True} and serial["usbHub"] == {"string": "1-1"}
+            assert serial["kind"] == {"string": "pool-member"}
+            assert devices["snd"]["attributes"]["type"] == {"string": "directory"}
+            assert len(api.writes) == 1
+
+            # the node-wide CDI spec: one device per non-pool device
+            spec_file = json.loads((dra.cdi / f"{DRIVER}-device.json").read_text())
+            assert spec_file["kind"] == f"{DRIVER}/device"
+            assert {d["name"] for d in spec_file["devices"]} == {"video0", "ttyusb0", "snd"}
+            snd = next(d for d in spec_file["devices"] if d["name"] == "snd")
+            assert [n["path"] for n in snd["containerEdits"]["deviceNodes"]] == \
+                ["/dev/snd/controlC0", "/dev/snd/pcmC0D0p"]
+
+            # prepare: a plain device and two pool members
+            api.add_claim("default", "cam", "uid-cam", [
+                {"request": "cam", "driver": DRIVER, "pool": NODE, "device": "video0", "shareID": "s-1"}])
+            api.add_claim("default", "pair", "uid-pair", [
+                {"request": "serial", "driver": DRIVER, "pool": NODE, "device": "usb-serial-0001"},
+                {"request": "serial", "driver": DRIVER, "pool": NODE, "device": "usb-serial-0002"}])
+            answer = await dra.kubelet.prepare(DRIVER, ("default", "cam", "uid-cam"),
+                                               ("default", "pair", "uid-pair"))
+            cam = answer.claims["uid-cam"]
+            assert cam.error == ""
+            assert [(d.device_name, d.pool_name, list(d.cdi_device_ids), d.share_id)
+                    for d in cam.devices] == [("video0", NODE, [f"{DRIVER}/device=video0"], "s-1")]
+            pair = answer.claims["uid-pair"]
+            assert pair.error == ""
+            ids = [list(d.cdi_device_ids) for d in pair.devices]
+            assert ids == [[f"{DRIVER}/claim=uid-pair-usb-serial-0001"],
+                           [f"{DRIVER}/claim=uid-pair-usb-serial-0002"]]
+            claim_spec = json.loads((dra.cdi / f"{DRIVER}-claim_uid-pair.json").read_text())
+            paths = [d["containerEdits"]["deviceNodes"][0]["path"] for d in claim_spec["devices"]]
+            assert paths == ["/dev/usb-serial0", "/dev/usb-serial1"]
+            env = claim_spec["devices"][0]["containerEdits"]["env"]
+            assert "SMARTER_DEVICES_USB_SERIAL=/dev/usb-serial0,/dev/usb-serial1" in env
+            assert "SMARTER_DEVICES_USB_SERIAL_IDS=0001,0002" in env
+
+            # idempotent: asked again, the same answer without reading the claim again
+            reads = len([r for r in api.requests if "resourceclaims" in r[1]])
+            again = await dra.kubelet.prepare(DRIVER, ("default", "pair", "uid-pair"))
+            assert [list(d.cdi_device_ids) for d in again.claims["uid-pair"].devices] == ids
+            assert len([r for r in api.requests if "resourceclaims" in r[1]]) == reads
+
+            status, text = dra.http("/metrics")
+            assert 'smarter_device_manager_dra_prepares_total{result="success"} 3' in text
+            assert "smarter_device_manager_dra_prepared_claims 2" in text
+            status, text = dra.http("/readyz")
+            assert status == 200, text
+
+            # unprepare: the claim spec goes, and asking again is fine
+            gone = await dra.kubelet.unprepare(DRIVER, ("default", "pair", "uid-pair"))
+            assert gone.claims["uid-pair"].error == ""
+            assert not (dra.cdi / f"{DRIVER}-claim_uid-pair.json").exists()
+            twice = await dra.kubelet.unprepare(DRIVER, ("default", "pair", "uid-pair"))
+            assert twice.claims["uid-pair"].error == ""
+            assert "was not prepared here" in dra.proc.log
+    run(scenario())
+
+
+def test_hotplug_unplug_and_config_reload_update_the_slice_with_one_write(node: Node, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        make_devices(node, tmp_path / "sys")
+        async with dra_node(node, tmp_path / "sys") as dra:
+            api = dra.api
+            await wait_for(lambda: set(api.devices(NODE)) == EXPECTED_NAMES, 10)
+            mkdev(node.dev / "video1", major=81, minor=1)
+            took = await wait_for(lambda: "video1" in api.devices(NODE), 5, "hotplug")
+            assert took < 1.0
+            assert [w.verb for w in api.writes] == ["create", "update"]
+            assert api.slices[SLICE]["spec"]["pool"]["generation"] == 2
+            (node.dev / "video1").unlink()
+            await wait_for(lambda: "video1" not in api.devices(NODE), 5, "unplug")
+            assert len(api.writes) == 3
+            node.config.write_text(CONFIG.replace("^video[0-9]*$", "^nothing$"))
+            await wait_for(lambda: "video0" not in api.devices(NODE), 5, "config reload")
+            assert len(api.writes) == 4
+            # a burst of events is one rescan and one write
+            for i in range(2, 12):
+                mkdev(node.dev / f"ttyUSB{i + 10}", major=188, minor=i + 10)
+            await wait_for(lambda: "ttyusb21" in api.devices(NODE), 5, "burst")
+            await asyncio.sleep(0.3)
+            assert len(api.writes) <= 6
+    run(scenario())
+
+
+def test_kubelet_restart_wipe_and_foreign_edits_are_repaired(node: Node, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        make_devices(node, tmp_path / "sys")
+        async with dra_node(node, tmp_path / "sys") as dra:
+            api = dra.api
+            await wait_for(lambda: set(api.devices(NODE)) == EXPECTED_NAMES, 10)
+            api.add_claim("default", "tty", "uid-tty", [
+                {"request": "r", "driver": DRIVER, "pool": NODE, "device": "ttyusb0"}])
+            before = await dra.kubelet.prepare(DRIVER, ("default", "tty", "uid-tty"))
+            await dra.kubelet.restart()
+            assert api.slices == {}
+            took = await wait_for(lambda: set(api.devices(NODE)) == EXPECTED_NAMES, 5, "slices back")
+            assert took < 1.0
+            assert "was deleted (the kubelet does so when it starts)" in dra.proc.log
+            # the restarted kubelet prepares its claims again, then unprepares them
+            await wait_for(lambda: DRIVER in dra.kubelet.registered, 5, "registered again")
+            after = await dra.kubelet.prepare(DRIVER, ("default", "tty", "uid-tty"))
+            assert after.claims["uid-tty"] == before.claims["uid-tty"]
+            done = await dra.kubelet.unprepare(DRIVER, ("default", "tty", "uid-tty"))
+            assert done.claims["uid-tty"].error == ""
+            api.edit(SLICE, {"devices": []})
+            await wait_for(lambda: set(api.devices(NODE)) == EXPECTED_NAMES, 5, "edit repaired")
+            # a conflicting write is retried on a fresh read
+            api.conflict_next = 1
+            mkdev(node.dev / "video7", major=81, minor=7)
+            await wait_for(lambda: "video7" in api.devices(NODE), 10, "after a conflict")
+            assert "HTTP 409 Conflict" in dra.proc.log
+    run(scenario())
+
+
+def test_daemon_restart_keeps_prepared_claims_even_without_the_api_server(node: Node, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        make_devices(node, tmp_path / "sys")
+        async with dra_node(node, tmp_path / "sys") as dra:
+            api = dra.api
+            await wait_for(lambda: set(api.devices(NODE)) == EXPECTED_NAMES, 10)
+            api.add_claim("default", "tty", "uid-tty", [
+                {"request": "r", "driver": DRIVER, "pool": NODE, "device": "ttyusb0"}])
+            first = await dra.kubelet.prepare(DRIVER, ("default", "tty", "uid-tty"))
+            writes = len(api.writes)
+            dra.restart_daemon()
+            await wait_for(lambda: "serving" in dra.proc.log, 10)
+            api.fail_next = [503] * 1000  # the API server is down from now on
+            dra.kubelet._seen.clear()  # the new registration socket is found again
+            await wait_for(lambda: "the kubelet registered" in dra.proc.log, 10)
+            again = await dra.kubelet.prepare(DRIVER, ("default", "tty", "uid-tty"))
+            assert again.claims["uid-tty"] == first.claims["uid-tty"]
+            assert "from the checkpoint" in dra.proc.log
+            status, text = dra.http("/readyz")
+            assert status == 503 and "API server:" in text and "503" in text
+            # a new claim cannot be prepared, with a message saying why
+            api.add_claim("default", "new", "uid-new", [
+                {"request": "r", "driver": DRIVER, "pool": NODE, "device": "video0"}])
+            failed = await dra.kubelet.prepare(DRIVER, ("default", "new", "uid-new"))
+            assert "cannot read ResourceClaim default/new" in failed.claims["uid-new"].error
+            api.fail_next = []
+            await wait_for(lambda: dra.http("/readyz")[0] == 200, 40, "ready again")
+            assert len(api.writes) == writes, "nothing changed: a restarted daemon writes nothing"
+    run(scenario())
+
+
+def test_unplugged_device_rbac_and_bad_claims_are_clear_errors(node: Node, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        make_devices(node, tmp_path / "sys")
+        async with dra_node(node, tmp_path / "sys") as dra:
+            api = dra.api
+            await wait_for(lambda: set(api.devices(NODE)) == EXPECTED_NAMES, 10)
+            api.add_claim("default", "cam", "uid-cam", [
+                {"request": "r", "driver": DRIVER, "pool": NODE, "device": "video0"}])
+            api.add_claim("default", "tty", "uid-tty", [
+                {"request": "r", "driver": DRIVER, "pool": NODE, "device": "ttyusb0"}])
+            (node.dev / "video0").unlink()
+            answer = await dra.kubelet.prepare(
+                DRIVER, ("default", "cam", "uid-cam"), ("default", "tty", "uid-tty"),
+                ("default", "cam", "uid-other"), ("default", "none", "uid-none"))
+            assert "device video0" in answer.claims["uid-cam"].error
+            assert "unplugged" in answer.claims["uid-cam"].error
+            assert answer.claims["uid-tty"].error == "", "the other claim is not disturbed"
+            assert "has UID uid-cam, the kubelet asked for uid-other" in answer.claims["uid-other"].error
+            assert "not found" in answer.claims["uid-none"].error
+            api.forbid.add(("update", "resourceslices"))
+            mkdev(node.dev / "video3", major=81, minor=3)
+            await wait_for(lambda: "RBAC" in dra.http("/readyz")[1], 10, "RBAC in /readyz")
+            status, text = dra.http("/readyz")
+            assert status == 503
+            assert "needs the verb 'update' on 'resourceslices.resource.k8s.io'" in text
+            assert "cannot update resource" in dra.proc.log
+            api.forbid.clear()
+            await wait_for(lambda: "video3" in api.devices(NODE), 40, "after RBAC fixed")
+    run(scenario())
+
+
+def test_sigterm_removes_sockets_and_keeps_slices(node: Node, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        make_devices(node, tmp_path / "sys")
+        async with dra_node(node, tmp_path / "sys") as dra:
+            await wait_for(lambda: set(dra.api.devices(NODE)) == EXPECTED_NAMES, 10)
+            dra.proc.signal(signal.SIGTERM)
+            assert dra.proc.popen.wait(5) == 0
+            assert not os.path.exists(node.root / "plugins_registry" / f"{DRIVER}-reg.sock")
+            assert not os.path.exists(node.root / "plugins" / DRIVER / "dra.sock")
+            assert dra.api.slices, "slices stay for a restart; the kubelet wipes them if we never return"
+    run(scenario())
