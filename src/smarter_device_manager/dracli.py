@@ -81,7 +81,7 @@ def add_parser(sub: Any, discovery_options: Callable[[Any], None],
                        help=f"DRA driver name and CDI vendor (default {DEFAULT_DRIVER})")
     dra.add_env_option("--node-name", node_name, None, metavar="NAME",
                        help="this node's name (the chart sets it from spec.nodeName)")
-    dra.add_env_option("--kubeconfig", _existing_file, None, metavar="PATH",
+    dra.add_env_option("--kubeconfig", _path, None, metavar="PATH",
                        help="kubeconfig to reach the API server (default: the pod's ServiceAccount)")
     dra.add_env_option("--kubelet-plugins-dir", absolute_dir, DEFAULT_PLUGINS_DIR, metavar="DIR",
                        help=f"the kubelet's plugins dir; our socket goes in <dir>/<driver>/ (default "
@@ -102,10 +102,9 @@ def add_parser(sub: Any, discovery_options: Callable[[Any], None],
     return dra
 
 
-def _existing_file(text: str) -> str:
-    if not os.path.isfile(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a file")
-    return text
+def _path(text: str) -> str | None:
+    """Read (and its problems told: missing, not a kubeconfig) when DRA mode starts."""
+    return text or None
 
 
 def run(args: argparse.Namespace, resolve_config: Callable[[str | None], tuple[str | None, str]],
