@@ -59,7 +59,7 @@ def handover(resource_name: str, resource: Resource, nodes: tuple[DeviceNode, ..
         given = members if members is not None else list(resource.members)
         for number, member in enumerate(given):
             for node in member.nodes:
-                placed.append((node, _numbered(rule.container_path, number, len(member.nodes), node)))
+                placed.append((node, numbered(rule.container_path, number, len(member.nodes), node)))
         env[variable + "_IDS"] = ",".join(m.identity for m in given)
     else:
         for node in resource.nodes if nodes is None else nodes:
@@ -74,7 +74,7 @@ def handover(resource_name: str, resource: Resource, nodes: tuple[DeviceNode, ..
     return Handover(tuple(placed), tuple(env.items()), rule.mounts)
 
 
-def _numbered(container_path: str | None, number: int, nodes: int, node: DeviceNode) -> str:
+def numbered(container_path: str | None, number: int, nodes: int, node: DeviceNode) -> str:
     """Where the ``number``-th pool device handed to a container appears."""
     if container_path is None:
         return f"/dev/{node.path}"

@@ -20,7 +20,7 @@ import signal
 from dataclasses import dataclass
 
 from smarter_device_manager import __version__, cdi
-from smarter_device_manager.config import DEFAULT_PATH, Config, ConfigError, load_config
+from smarter_device_manager.config import DEFAULT_PATH, Config, ConfigError, decode_config, parse_config
 from smarter_device_manager.discovery import KIND_DIRECTORY, directory_nodes, discover
 from smarter_device_manager.dra.devices import DraDevice, Paths, cdi_device, dra_devices
 from smarter_device_manager.dra.kube import Cluster, KubeClient
@@ -87,7 +87,7 @@ class DraDaemon:
         s = self.settings = settings
         self.config = config
         self.config_error: ConfigError | None = None
-        self._last_config_text = config.text
+        self._last_config_data = config.text.encode("utf-8")
         self.metrics = Metrics(FAMILIES)
         self.metrics.collectors.append(self._samples)
         self.client = KubeClient(cluster)
@@ -247,20 +247,21 @@ class DraDaemon:
                 return False
             path = DEFAULT_PATH
         try:
-            with open(path, encoding="utf-8") as handle:
-                text = handle.read()
+            with open(path, "rb") as handle:
+                data = handle.read()
         except OSError as exc:
             log.warning("config %s cannot be read (%s); keeping the current rules", path, exc.strerror)
             return False
-        if text == self._last_config_text:
+        if data == self._last_config_data:
             return False
-        if not text.strip():
+        if not data.strip():
             log.warning("config %s is empty; keeping the current rules (write '[]' to remove every rule "
                         "on purpose)", path)
             return False
-        self._last_config_text = text
+        self._last_config_data = data
         try:
-            config = load_config(path)
+            # What was read is what is parsed: a second read could see another version.
+            config = parse_config(decode_config(data, path), path)
         except ConfigError as exc:
             self.config_error = exc
             self.metrics.inc("config_reloads_total", result="rejected")

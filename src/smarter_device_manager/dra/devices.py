@@ -47,6 +47,7 @@ from smarter_device_manager.discovery import (
     Member,
     Resource,
 )
+from smarter_device_manager.handover import numbered
 from smarter_device_manager.sysfs import Level, Sysfs, SysfsError
 
 LABEL_MAX = 63
@@ -302,7 +303,7 @@ def claim_cdi_devices(members: list[DraDevice], paths: Paths, prefix: str,
         rule = group[0].resource.rule
         placed: list[list[tuple[DeviceNode, str]]] = []
         for number, device in enumerate(group):
-            placed.append([(node, _numbered(rule.container_path, number, len(device.nodes), node))
+            placed.append([(node, numbered(rule.container_path, number, len(device.nodes), node))
                            for node in device.nodes])
         env = dict(rule.env)
         name = env_name(prefix, pool)
@@ -318,10 +319,3 @@ def claim_cdi_devices(members: list[DraDevice], paths: Paths, prefix: str,
     return result
 
 
-def _numbered(container_path: str | None, number: int, nodes: int, node: DeviceNode) -> str:
-    """Where the ``number``-th pool device of a claim appears (device-plugin mode's rule)."""
-    if container_path is None:
-        return f"/dev/{node.path}"
-    if nodes == 1:
-        return f"{container_path}{number}"
-    return f"{container_path}{number}/{node.path.rsplit('/', 1)[-1]}"
