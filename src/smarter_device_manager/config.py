@@ -576,3 +576,40 @@ def decode_config(data: bytes, source: str) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(source, [f"{source}: not UTF-8 text ({exc.reason})"]) from None
+
+
+def reread(configured: str | None, last: bytes) -> tuple[str, bytes, Config | ConfigError] | None:
+    """A running daemon's look at its rules file after an event: None if there is nothing to
+    take (unchanged, unreadable or empty, the last two logged); else (path, bytes read, the new
+    Config or why it is rejected). ``configured`` None means the embedded default is in use: a
+    file created later at the default path takes over.
+
+    The file is read once and what was read is what gets parsed: a second read could see another
+    version (a ConfigMap swap, an editor mid-write) than the one compared. A zero-byte file is
+    what an editor leaves between truncating and writing; taking it would withdraw every
+    resource, so it is ignored (removing all rules takes '[]').
+    """
+    import logging
+
+    log = logging.getLogger(__name__)
+    path = configured
+    if path is None:
+        if not os.path.isfile(DEFAULT_PATH):
+            return None
+        path = DEFAULT_PATH
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        log.warning("config %s cannot be read (%s); keeping the current rules", path, exc.strerror)
+        return None
+    if data == last:
+        return None
+    if not data.strip():
+        log.warning("config %s is empty; keeping the current rules (write '[]' to remove every rule "
+                    "on purpose)", path)
+        return None
+    try:
+        return path, data, parse_config(decode_config(data, path), path)
+    except ConfigError as exc:
+        return path, data, exc

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from smarter_device_manager import __version__
-from smarter_device_manager.config import DEFAULT_PATH, Config, ConfigError, decode_config, parse_config
+from smarter_device_manager.config import Config, ConfigError, reread
 from smarter_device_manager.discovery import discover
 from smarter_device_manager.http import HttpServer
 from smarter_device_manager.metrics import Metrics, Sample
@@ -290,41 +290,17 @@ class Daemon:
                 self._rescan_reasons |= reasons | {"retry"}
 
     def _reload_config(self) -> bool:
-        """Read the config again; True if a new valid one was taken.
-
-        The file is read once and what was read is what gets parsed: a second read could
-        see another version (a ConfigMap swap, an editor mid-write) than the one compared.
-        """
-        path = self.settings.config_path
-        if path is None:  # embedded default in use: a config file created later takes over
-            if not os.path.isfile(DEFAULT_PATH):
-                return False
-            path = DEFAULT_PATH
-        try:
-            with open(path, "rb") as handle:
-                data = handle.read()
-        except OSError as exc:
-            log.warning("config %s cannot be read (%s); keeping the current rules", path,
-                        exc.strerror)
+        """Read the config again (config.reread); True if a new valid one was taken."""
+        found = reread(self.settings.config_path, self._last_config_data)
+        if found is None:
             return False
-        if data == self._last_config_data:
-            return False
-        if not data.strip():
-            # A zero-byte file is what an editor leaves between truncating and writing;
-            # taking it would withdraw every resource. Removing all rules takes '[]'.
-            log.warning("config %s is empty; keeping the current rules (write '[]' to remove "
-                        "every rule on purpose)", path)
-            return False
-        try:
-            config = parse_config(decode_config(data, path), path)
-        except ConfigError as exc:
-            self._last_config_data = data
-            self.config_error = exc
+        path, self._last_config_data, config = found
+        if isinstance(config, ConfigError):
+            self.config_error = config
             self.metrics.inc("config_reloads_total", result="rejected")
             log.error("config %s rejected; still serving the last good config (%s):\n  %s",
-                      path, self.config.source, "\n  ".join(exc.problems))
+                      path, self.config.source, "\n  ".join(config.problems))
             return False
-        self._last_config_data = data
         self.config, self.config_error = config, None
         self.metrics.inc("config_reloads_total", result="applied")
         log.info("config %s reloaded: %d rules", path, len(config.rules))

@@ -20,7 +20,7 @@ import signal
 from dataclasses import dataclass
 
 from smarter_device_manager import __version__, cdi
-from smarter_device_manager.config import DEFAULT_PATH, Config, ConfigError, decode_config, parse_config
+from smarter_device_manager.config import Config, ConfigError, reread
 from smarter_device_manager.discovery import KIND_DIRECTORY, directory_nodes, discover
 from smarter_device_manager.dra.devices import DraDevice, Paths, cdi_device, dra_devices
 from smarter_device_manager.dra.kube import Cluster, KubeClient
@@ -239,38 +239,23 @@ class DraDaemon:
             self._rescan("hotplug")
 
     def _reload_config(self) -> bool:
-        """Read the config again; True if a new valid one was taken (device-plugin mode's rules:
-        an empty file is ignored, an invalid one is rejected and the last good one kept)."""
-        path = self.settings.config_path
-        if path is None:
-            if not os.path.isfile(DEFAULT_PATH):
-                return False
-            path = DEFAULT_PATH
-        try:
-            with open(path, "rb") as handle:
-                data = handle.read()
-        except OSError as exc:
-            log.warning("config %s cannot be read (%s); keeping the current rules", path, exc.strerror)
+        """Read the config again (config.reread, device-plugin mode's rules: an empty file is
+        ignored, an invalid one is rejected and the last good one kept); True if one was taken."""
+        found = reread(self.settings.config_path, self._last_config_data)
+        if found is None:
             return False
-        if data == self._last_config_data:
-            return False
-        if not data.strip():
-            log.warning("config %s is empty; keeping the current rules (write '[]' to remove every rule "
-                        "on purpose)", path)
-            return False
-        self._last_config_data = data
-        try:
-            # What was read is what is parsed: a second read could see another version.
-            config = parse_config(decode_config(data, path), path)
-        except ConfigError as exc:
-            self.config_error = exc
+        path, self._last_config_data, config = found
+        if isinstance(config, ConfigError):
+            self.config_error = config
             self.metrics.inc("config_reloads_total", result="rejected")
             log.error("config %s rejected; still publishing the last good config (%s):\n  %s", path,
-                      self.config.source, "\n  ".join(exc.problems))
+                      self.config.source, "\n  ".join(config.problems))
             return False
         self.config, self.config_error = config, None
         self.metrics.inc("config_reloads_total", result="applied")
         log.info("config %s reloaded: %d rules", path, len(config.rules))
+        for warning in config.warnings:
+            log.warning("config: %s", warning)
         return True
 
     def _rescan(self, reason: str) -> None:
