@@ -377,7 +377,7 @@ class PluginServer:
         self._inode = 0
 
     async def start(self) -> None:
-        _remove_socket(self.socket_path)
+        remove_socket(self.socket_path)
         self.plugin.resume()
         server = _Server([self.plugin])
         await server.start(path=self.socket_path)
@@ -395,7 +395,7 @@ class PluginServer:
         # The socket goes first, so once the kubelet sees its stream end the
         # resource is really gone from the directory too.
         if self.socket_present():
-            _remove_socket(self.socket_path)
+            remove_socket(self.socket_path)
         if end_streams:
             self.plugin.stop()
             await self.plugin.streams_ended(0.1)
@@ -405,7 +405,8 @@ class PluginServer:
             await server.wait_closed()
 
 
-def _remove_socket(path: str) -> None:
+def remove_socket(path: str) -> None:
+    """Remove our socket file at ``path``; anything that is not a socket there is left alone."""
     try:
         if stat.S_ISSOCK(os.lstat(path).st_mode):
             os.unlink(path)

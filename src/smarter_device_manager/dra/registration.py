@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 from collections.abc import Callable
 from typing import Any
 
 from grpclib.server import Server, Stream
 
 from smarter_device_manager.api import dra as pb
+from smarter_device_manager.plugin import remove_socket
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class SocketServer:
             return
         await self.stop()
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        _remove_socket(self.path)
+        remove_socket(self.path)
         server = Server([self.handler])
         await server.start(path=self.path)
         self._server = server
@@ -79,16 +79,10 @@ class SocketServer:
 
     async def stop(self) -> None:
         if self.present():
-            _remove_socket(self.path)
+            remove_socket(self.path)
         server, self._server = self._server, None
         if server is not None:
             server.close()
             await server.wait_closed()
 
 
-def _remove_socket(path: str) -> None:
-    try:
-        if stat.S_ISSOCK(os.lstat(path).st_mode):
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
