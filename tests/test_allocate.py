@@ -27,8 +27,8 @@ from grpclib import GRPCError, Status
 from grpclib.client import Channel
 
 from smarter_device_manager.config import parse_config
+from smarter_device_manager.deviceplugin.plugin import DevicePlugin, Paths, PluginServer
 from smarter_device_manager.discovery import directory_nodes, discover
-from smarter_device_manager.plugin import DevicePlugin, Paths, PluginServer
 
 pytestmark = needs_root
 

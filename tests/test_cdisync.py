@@ -27,10 +27,10 @@ from kubelet_standin import KubeletStandin
 from test_cdi import RUN, CdiSchema, _podman, busybox_image, cdi_schema, run_kind
 
 from smarter_device_manager.cdi import DEFAULT_DIR, read_spec, spec_file_name
-from smarter_device_manager.cdisync import CdiKeeper, CdiSettings
-from smarter_device_manager.cli import DEFAULT_CDI_KIND, _cdi_kind
 from smarter_device_manager.config import parse_config
+from smarter_device_manager.deviceplugin.cdisync import CdiKeeper, CdiSettings
 from smarter_device_manager.discovery import Inventory, discover
+from smarter_device_manager.options import DEFAULT_CDI_KIND, cdi_kind
 
 pytestmark = needs_root
 KIND = "smarter-devices.io/device"
@@ -214,7 +214,7 @@ def test_a_spec_changed_behind_our_back_is_written_again(host: Host) -> None:
 
 
 def test_the_default_kind_is_valid_without_loading_cdi() -> None:
-    assert _cdi_kind(DEFAULT_CDI_KIND) == DEFAULT_CDI_KIND
+    assert cdi_kind(DEFAULT_CDI_KIND) == DEFAULT_CDI_KIND
     from smarter_device_manager.cdi import kind_problem
 
     assert kind_problem(DEFAULT_CDI_KIND) is None

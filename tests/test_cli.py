@@ -133,9 +133,10 @@ def test_serve_resolves_the_config_path_once(valid: dict[str, str]) -> None:
     Path(valid["--config"]).write_text("- devicematc: x\n")  # invalid: serve stops after loading
     code = ("import sys\n"
             "import smarter_device_manager.cli as cli\n"
+            "import smarter_device_manager.deviceplugin.cli as serve_cli\n"
             "calls = []\n"
-            "real = cli._resolve_config\n"
-            "cli._resolve_config = lambda explicit: calls.append(explicit) or real(explicit)\n"
+            "real = serve_cli.resolve_config\n"
+            "serve_cli.resolve_config = lambda explicit: calls.append(explicit) or real(explicit)\n"
             "code = cli.main(sys.argv[1:])\n"
             "print(code, len(calls))\n")
     result = subprocess.run([sys.executable, "-c", code, "serve", *valid_args(valid)],

@@ -9,14 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from smarter_device_manager.config import (
-    EMBEDDED_SOURCE,
-    MAX_DEVICES,
-    ConfigError,
-    embedded_text,
-    load_config,
-    parse_config,
-)
+from smarter_device_manager.config import EMBEDDED_SOURCE, embedded_text, load_config, parse_config
+from smarter_device_manager.rulekeys import MAX_DEVICES
+from smarter_device_manager.rules import ConfigError
 
 
 def errors(text: str) -> list[str]:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from smarter_device_manager.config import ConfigError, Mount, parse_config
+from smarter_device_manager.config import parse_config
+from smarter_device_manager.rules import ConfigError, Mount
 
 GPS = """\
 - name: gps

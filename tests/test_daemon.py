@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from conftest import mkdev, needs_root
 
-from smarter_device_manager import daemon as daemon_module
 from smarter_device_manager.config import load_config, parse_config
-from smarter_device_manager.daemon import Daemon, Settings
+from smarter_device_manager.deviceplugin import daemon as daemon_module
+from smarter_device_manager.deviceplugin.daemon import Daemon, Settings
 from smarter_device_manager.discovery import Inventory
 from smarter_device_manager.discovery import discover as real_discover
 

@@ -17,12 +17,13 @@ from conftest import mkdev, needs_root
 from fake_apiserver import FakeApiServer
 from fakesysfs import FakeSysfs
 
-from smarter_device_manager.config import Config, load_config
+from smarter_device_manager.config import load_config
 from smarter_device_manager.discovery import discover
 from smarter_device_manager.dra import kube
 from smarter_device_manager.dra.devices import DraDevice, dra_devices, label
 from smarter_device_manager.dra.node import Checkpoint
 from smarter_device_manager.dra.slices import Echo, desired_specs, device_entry, plan, slice_name
+from smarter_device_manager.rules import Config
 
 
 def _config(tmp_path: Path, text: str) -> Config:
@@ -402,7 +403,7 @@ sys.exit(cli.main(["serve", "--dev-dir", {str(tmp_path / 'dev')!r}, "--plugin-di
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     loaded = set(json.loads(result.stdout.strip().splitlines()[-1]))
-    assert "smarter_device_manager.daemon" in loaded, "the probe must reach the serve path"
+    assert "smarter_device_manager.deviceplugin.daemon" in loaded, "the probe must reach the serve path"
     assert not {m for m in loaded if m.startswith("smarter_device_manager.dra.")}
     assert "smarter_device_manager.api.dra" not in loaded
     assert "_ssl" not in loaded

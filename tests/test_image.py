@@ -226,8 +226,8 @@ def test_console_script_is_on_path(final: list[Instruction]) -> None:
 
 def test_default_config_at_the_path_the_cli_reads(dockerfile: list[Instruction],
                                                   final: list[Instruction]) -> None:
-    cli = pytest.importorskip("smarter_device_manager.cli")
-    target = cli.DEFAULT_CONFIG
+    options = pytest.importorskip("smarter_device_manager.options")
+    target = options.DEFAULT_CONFIG
     assert target == "/root/config/conf.yaml"
     builder_runs = " ".join(ins.args for s in stages(dockerfile)[:-1] for ins in only(s, "RUN"))
     assert f"cp {EMBEDDED_CONFIG} /rootfs{target}" in builder_runs

@@ -27,7 +27,7 @@ CHECK = textwrap.dedent("""
     from grpclib.server import Server
     from smarter_device_manager.api import messages as pb
     from smarter_device_manager.discovery import Resource
-    from smarter_device_manager.plugin import DevicePlugin, Paths, PluginServer
+    from smarter_device_manager.deviceplugin.plugin import DevicePlugin, Paths, PluginServer
 
     assert all(type(v) is lowmem.SmallList for v in h2.settings.Settings()._settings.values())
     assert type(hpack.table.HeaderTable().dynamic_entries) is lowmem.SmallList

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from smarter_device_manager.registrar import Registrar, Registration
+from smarter_device_manager.deviceplugin.registrar import Registrar, Registration
 
 
 def registrar_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -13,12 +13,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
 from fakesysfs import PI4_XHCI, FakeDevice, FakeSysfs
 
+from smarter_device_manager.identity import identity
 from smarter_device_manager.sysfs import MAX_ATTRIBUTE, Level, Sysfs, SysfsError
+from smarter_device_manager.udevmatch import lookup, matches
 
 PI4_FTDI = f"{PI4_XHCI}/usb1/1-1/1-1.3/1-1.3:1.0/ttyUSB0/tty/ttyUSB0"
 FTDI_IDS = (("idVendor", "0403"), ("idProduct", "6001"))
@@ -130,7 +133,7 @@ def test_the_usb_device_node_itself(zoo: Zoo) -> None:
     assert rel == usb
     chain = zoo.sysfs.chain(rel)
     assert chain[0] == Level(usb, "usb", "usb")
-    assert zoo.sysfs.identity(chain, "bus/usb/001/002") == "7A3F21C4"  # no -ifNN: no interface below
+    assert identity(zoo.sysfs, chain, "bus/usb/001/002") == "7A3F21C4"  # no -ifNN: no interface below
 
 
 def test_deep_trees_do_not_recurse(fake: FakeSysfs) -> None:
@@ -239,7 +242,7 @@ def test_attributes_lists_single_values_like_udevadm(zoo: Zoo, fake: FakeSysfs) 
 
 
 def test_subsystem_is_the_devices_own(zoo: Zoo) -> None:
-    chain, match = zoo.chain(zoo.ftdi), zoo.sysfs.matches
+    chain, match = zoo.chain(zoo.ftdi), partial(matches, zoo.sysfs)
     assert match(chain, "tty", ())
     assert match(chain, None, ())
     assert match(chain, "t?y", ()) and match(chain, "[st]ty", ()) and match(chain, "*", ())
@@ -250,7 +253,7 @@ def test_subsystem_is_the_devices_own(zoo: Zoo) -> None:
 
 
 def test_all_attribute_keys_match_on_one_level(zoo: Zoo) -> None:
-    ftdi, match = zoo.chain(zoo.ftdi), zoo.sysfs.matches
+    ftdi, match = zoo.chain(zoo.ftdi), partial(matches, zoo.sysfs)
     assert match(ftdi, "tty", FTDI_IDS)
     assert match(ftdi, "tty", (("idVendor", "0403"), ("serial", "A50285BI"), ("manufacturer", "FTDI")))
     # DRIVERS=="ftdi_sio" is on the interface and the usb-serial port; idVendor on the USB device.
@@ -264,7 +267,7 @@ def test_all_attribute_keys_match_on_one_level(zoo: Zoo) -> None:
 
 
 def test_keys_of_two_adapters_do_not_combine(zoo: Zoo) -> None:
-    ftdi, cp2102, match = zoo.chain(zoo.ftdi), zoo.chain(zoo.cp2102), zoo.sysfs.matches
+    ftdi, cp2102, match = zoo.chain(zoo.ftdi), zoo.chain(zoo.cp2102), partial(matches, zoo.sysfs)
     assert not match(ftdi, "tty", (("idVendor", "10c4"), ("serial", "A50285BI")))
     assert not match(cp2102, "tty", (("idVendor", "10c4"), ("serial", "A50285BI")))
     assert not match(ftdi, "tty", (("idVendor", "0403"), ("serial", "0001")))
@@ -272,7 +275,7 @@ def test_keys_of_two_adapters_do_not_combine(zoo: Zoo) -> None:
 
 
 def test_globs_as_udev(zoo: Zoo) -> None:
-    ftdi, match = zoo.chain(zoo.ftdi), zoo.sysfs.matches
+    ftdi, match = zoo.chain(zoo.ftdi), partial(matches, zoo.sysfs)
     # With idVendor on the same level, so the root hub's serial (0000:01:00.0) cannot answer.
     for pattern in ("A50285BI", "A5*", "*BI", "A50285B?", "A5[0-9]*", "[!B]*", "*"):
         assert match(ftdi, "tty", (("idVendor", "0403"), ("serial", pattern))), pattern
@@ -287,7 +290,7 @@ def test_globs_as_udev(zoo: Zoo) -> None:
 def test_a_key_any_parent_has_matches_even_on_a_hub(zoo: Zoo) -> None:
     """The udev gotcha: a CH340 has no serial, but the root hub does, so ATTRS{serial}=="*" alone
     matches; combined with the CH340's idVendor it must not."""
-    ch340, match = zoo.chain(zoo.ch340), zoo.sysfs.matches
+    ch340, match = zoo.chain(zoo.ch340), partial(matches, zoo.sysfs)
     assert match(ch340, "tty", (("serial", "*"),))
     assert not match(ch340, "tty", (("idVendor", "1a86"), ("serial", "*")))
     assert match(ch340, "tty", (("idVendor", "1a86"), ("idProduct", "7523"), ("driver", "usb")))
@@ -302,7 +305,7 @@ def test_a_key_any_parent_has_matches_even_on_a_hub(zoo: Zoo) -> None:
 
 def test_lookup_takes_the_nearest_level(zoo: Zoo) -> None:
     ftdi, ch340, video0 = zoo.chain(zoo.ftdi), zoo.chain(zoo.ch340), zoo.chain(zoo.video0)
-    look = zoo.sysfs.lookup
+    look = partial(lookup, zoo.sysfs)
     assert look(ftdi, "serial") == "A50285BI"
     assert look(ftdi, "interface") == "FT232R USB UART"  # the interface's, below the USB device
     assert look(ftdi, "driver") == "ftdi_sio"
@@ -321,7 +324,7 @@ def test_lookup_takes_the_nearest_level(zoo: Zoo) -> None:
 
 def test_identity_of_each_model(zoo: Zoo) -> None:
     def ident(device: FakeDevice) -> str:
-        return zoo.sysfs.identity(zoo.chain(device), device.node)
+        return identity(zoo.sysfs, zoo.chain(device), device.node)
 
     assert ident(zoo.ftdi) == "A50285BI"
     assert ident(zoo.cp2102) == "0001"
@@ -342,7 +345,7 @@ def test_identity_without_serial_is_the_port(fake: FakeSysfs) -> None:
     sysfs = Sysfs(fake.root)
 
     def ident(device: FakeDevice) -> str:
-        return sysfs.identity(sysfs.chain(sysfs.device_dir(False, device.major, device.minor)), device.node)
+        return identity(sysfs, sysfs.chain(sysfs.device_dir(False, device.major, device.minor)), device.node)
 
     assert ident(ch340) == "usb-1-1.2"
     assert (ident(video0), ident(video1)) == ("usb-1-1.3-if00", "usb-1-1.3-if00-1")
@@ -352,25 +355,25 @@ def test_identity_without_serial_is_the_port(fake: FakeSysfs) -> None:
 def test_identity_is_sanitized(fake: FakeSysfs) -> None:
     odd = fake.ftdi(serial="A/B C:é+1")
     sysfs, chain = chain_of(fake, odd)
-    assert sysfs.identity(chain, odd.node) == "A_B_C___1"
+    assert identity(sysfs, chain, odd.node) == "A_B_C___1"
     uart = fake.builtin_uart(node="serial/by-path:0", major=204, minor=65,
                              device="devices/platform/soc/fe201400.serial")
     sysfs, chain = chain_of(fake, uart)
-    assert sysfs.identity(chain, uart.node) == "serial_by-path_0"
-    assert sysfs.identity((), "tty/x y") == "tty_x_y"
+    assert identity(sysfs, chain, uart.node) == "serial_by-path_0"
+    assert identity(sysfs, (), "tty/x y") == "tty_x_y"
 
 
 def test_identity_survives_a_replug_under_another_name_and_devnum(fake: FakeSysfs) -> None:
     before = fake.ftdi(port="1-1.3", node="ttyUSB0", devnum=5)
     sysfs, chain = chain_of(fake, before)
-    first = sysfs.identity(chain, before.node)
+    first = identity(sysfs, chain, before.node)
     fake.unplug(before)
     with pytest.raises(SysfsError):
         Sysfs(fake.root).device_dir(False, 188, 0)
     after = fake.ftdi(port="1-1.3", node="ttyUSB1", devnum=9)
     sysfs, chain = chain_of(fake, after)
     assert sysfs.attribute(chain[3].path, "devnum") == "9"
-    assert sysfs.identity(chain, after.node) == first == "A50285BI"
+    assert identity(sysfs, chain, after.node) == first == "A50285BI"
 
 
 @pytest.mark.parametrize("serials", [("A50285BI", "B7731XQ2"), (None, None)])
@@ -386,7 +389,7 @@ def test_two_adapters_swapping_node_names_keep_their_identities(
 
     def identities() -> dict[str, str]:
         sysfs = Sysfs(fake.root)
-        return {node: sysfs.identity(sysfs.chain(sysfs.device_dir(False, 188, minor)), node)
+        return {node: identity(sysfs, sysfs.chain(sysfs.device_dir(False, 188, minor)), node)
                 for node, minor in (("ttyUSB0", 0), ("ttyUSB1", 1))}
 
     a, b = plug("1-1.3", "ttyUSB0", serials[0]), plug("1-1.4", "ttyUSB1", serials[1])
@@ -404,7 +407,8 @@ def test_duplicate_serials_collide(fake: FakeSysfs) -> None:
     so it cannot tell; the caller must report duplicate identities."""
     one, two = fake.cp2102(port="1-1.3", node="ttyUSB0"), fake.cp2102(port="1-1.4", node="ttyUSB1")
     sysfs = Sysfs(fake.root)
-    ids = {sysfs.identity(sysfs.chain(sysfs.device_dir(False, d.major, d.minor)), d.node) for d in (one, two)}
+    ids = {identity(sysfs, sysfs.chain(sysfs.device_dir(False, d.major, d.minor)), d.node)
+           for d in (one, two)}
     assert ids == {"0001"}
 
 
@@ -527,14 +531,14 @@ def test_bad_trees_raise_nothing_but_sysfs_error(fake: FakeSysfs, tmp_path: Path
             chain = sysfs.chain(sysfs.device_dir(False, 200, minor))
         except SysfsError:
             continue
-        sysfs.identity(chain, "x")
+        identity(sysfs, chain, "x")
     chain = sysfs.chain(sysfs.device_dir(False, 188, 0))
     assert chain[3] == Level(weird, "usb", None)
     for path in ("devices/loop-a", "devices/platform/evil", "../x", chain[0].path):
         for name in ("loop", "subsystem", "driver", "idVendor"):
             assert sysfs.attribute(path, name) is None, (path, name)
         assert sysfs.attributes(path) == ({"dev": "188:0"} if path == chain[0].path else {})
-    assert sysfs.matches(chain, "tty", FTDI_IDS)
+    assert matches(sysfs, chain, "tty", FTDI_IDS)
 
 
 # -- this machine's real /sys ---------------------------------------------------------------------
@@ -552,8 +556,8 @@ def test_real_dev_null() -> None:
     assert rel == "devices/virtual/mem/null"
     chain = sysfs.chain(rel)
     assert chain == (Level("devices/virtual/mem/null", "mem", None),)
-    assert sysfs.identity(chain, "null") == "null"
-    assert sysfs.matches(chain, "mem", ()) and not sysfs.matches(chain, "tty", ())
+    assert identity(sysfs, chain, "null") == "null"
+    assert matches(sysfs, chain, "mem", ()) and not matches(sysfs, chain, "tty", ())
     assert sysfs.attributes(rel)["dev"] == "1:3"
 
 
@@ -564,7 +568,7 @@ def test_real_ttys0() -> None:
     assert chain[0].path.endswith("/tty/ttyS0") and chain[0].subsystem == "tty"
     assert all(level.path.startswith("devices/") for level in chain)
     assert sysfs.attribute(chain[0].path, "dev") == "4:64"
-    assert sysfs.identity(chain, "ttyS0") == "ttyS0"
+    assert identity(sysfs, chain, "ttyS0") == "ttyS0"
     assert sysfs.chain("class/tty/ttyS0") == chain
 
 
@@ -580,8 +584,8 @@ def test_every_real_device_reads_without_surprises() -> None:
                 chain = sysfs.chain(sysfs.device_dir(kind == "block", int(major), int(minor)))
             except SysfsError:
                 continue
-            sysfs.identity(chain, entry)
-            sysfs.matches(chain, "*", (("idVendor", "*"),))
+            identity(sysfs, chain, entry)
+            matches(sysfs, chain, "*", (("idVendor", "*"),))
             seen += 1
     assert seen > 0
 
@@ -613,8 +617,8 @@ def test_timing_1000_adapters(tmp_path: Path) -> None:
             identities = set()
             for adapter in adapters:
                 chain = sysfs.chain(sysfs.device_dir(False, adapter.major, adapter.minor))
-                assert sysfs.matches(chain, "tty", FTDI_IDS)
-                identities.add(sysfs.identity(chain, adapter.node))
+                assert matches(sysfs, chain, "tty", FTDI_IDS)
+                identities.add(identity(sysfs, chain, adapter.node))
             best = min(best, time.perf_counter() - start)
             cpu = min(cpu, time.process_time() - start_cpu)
             assert len(identities) == 1000

@@ -27,8 +27,8 @@ import stat
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from smarter_device_manager.config import Config, Rule
 from smarter_device_manager.naming import name_problem, sanitize
+from smarter_device_manager.rules import Config, Rule
 
 if TYPE_CHECKING:
     from smarter_device_manager.sysfs import Level, Sysfs
@@ -295,8 +295,11 @@ class _Entry:
             if rule.subsystem is not None or rule.attributes:
                 chain = self.chain()
                 sysfs = self.walk.sysfs
-                if chain is None or sysfs is None or not sysfs.matches(chain, rule.subsystem,
-                                                                          rule.attributes):
+                if chain is None or sysfs is None:
+                    continue
+                from smarter_device_manager.udevmatch import matches
+
+                if not matches(sysfs, chain, rule.subsystem, rule.attributes):
                     continue
             matching.append(rule)
         if not matching:
@@ -347,10 +350,12 @@ class _Entry:
         chain = self.chain() if walk.sysfs is not None else None
         name = rule.name or sanitize(rel)
         if rule.fields:
+            from smarter_device_manager.udevmatch import lookup
+
             values = {}
             own = own_levels(walk.sysfs, chain) if chain is not None and walk.sysfs else None
             for key in rule.fields:
-                value = walk.sysfs.lookup(own, key) if own is not None and walk.sysfs else None
+                value = lookup(walk.sysfs, own, key) if own is not None and walk.sysfs else None
                 if value is None:
                     walk.problems.append(
                         f"not exported: /dev/{rel} (rule {rule.index}): name '{rule.name}' needs "
@@ -361,7 +366,9 @@ class _Entry:
             name = _render(name, values)
         identity = sanitize(rel)
         if rule.pool and chain is not None and walk.sysfs is not None:
-            identity = walk.sysfs.identity(chain, rel)
+            from smarter_device_manager.identity import identity as stable_identity
+
+            identity = stable_identity(walk.sysfs, chain, rel)
         walk.found.append(_Found(name, rel, kind, rule, nodes, identity))
 
 

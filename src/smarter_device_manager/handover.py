@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from smarter_device_manager.config import Mount
 from smarter_device_manager.discovery import KIND_NVIDIA, KIND_POOL, DeviceNode, Member, Resource
+from smarter_device_manager.rules import Mount
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from typing import Any
 
 from smarter_device_manager.discovery import KIND_POOL, Inventory, Resource, own_levels
 from smarter_device_manager.sysfs import Sysfs, SysfsError
+from smarter_device_manager.udevmatch import lookup
 
 # Shown in the table, nearest level first; JSON has every attribute of every level.
 SUMMARY_KEYS = ("idVendor", "idProduct", "serial", "manufacturer", "product", "name", "vendor", "device")
@@ -88,11 +89,11 @@ def _summary(sysfs: Sysfs, chain: tuple[Any, ...]) -> dict[str, str]:
     chain = own_levels(sysfs, chain)
     if chain and chain[0].subsystem:
         summary["subsystem"] = chain[0].subsystem
-    driver = sysfs.lookup(chain, "driver")
+    driver = lookup(sysfs, chain, "driver")
     if driver:
         summary["driver"] = driver
     for key in SUMMARY_KEYS:
-        value = sysfs.lookup(chain, key)
+        value = lookup(sysfs, chain, key)
         if value is not None:
             summary[key] = value
     return summary

@@ -1,34 +1,19 @@
-"""Config: YAML text -> validated rules.
+"""One rule's keys: each key's value checked and turned into a :class:`~smarter_device_manager.rules.Rule`.
 
-The format is the original project's: a YAML list of
-``{devicematch: <regex>, nummaxdevices: <int>}``. Validation is strict because
-the original's silence hurt users (a typo in ``devicematch`` made an empty
-regex that exported every entry of /dev). Every problem names the file, the
-line and the rule, and says what to do; all problems are reported at once so a
-user fixes a file in one pass.
-
-We parse with ``yaml.compose`` (nodes with line marks) instead of
-``yaml.safe_load`` so errors can point at lines.
-
-Beyond the original's two keys, a rule may select devices by what they are
-(``subsystem`` and udev-like ``attributes`` read from sysfs), give them a
-``name`` (fixed or a ``{attribute}`` template), gather them in a ``pool``, and
-say how a container sees them (``containerpath``, ``env``, ``mounts``). Every
-such key is optional, so every existing file keeps its meaning; each one is
-validated here, with the same file:line messages, so nothing reaches the
-walk that could surprise it at run time.
+A problem is recorded with the file, the line of the key and the rule, and says what to write
+instead; all of a file's problems are collected (:class:`Collector`) so a user fixes it in one
+pass. A rule with any problem is left out, and ``config`` then rejects the whole file.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
 
 import yaml
 
-DEFAULT_PATH = "/root/config/conf.yaml"  # the original's location; a ConfigMap mounts there
-EMBEDDED_SOURCE = "<embedded default config>"
+from smarter_device_manager.rules import Mount, Rule
+
 KNOWN_KEYS = ("devicematch", "nummaxdevices", "name", "subsystem", "attributes", "pool",
               "containerpath", "env", "mounts")
 MOUNT_KEYS = ("hostpath", "containerpath")
@@ -59,99 +44,9 @@ _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _NAME_TEXT = re.compile(r"^[A-Za-z0-9_.-]*$")
 
 
-@dataclass(frozen=True)
-class Mount:
-    """A read-only bind mount of a host path into the container."""
+class Collector:
+    """Every problem of a file, each with its file, line and rule: all are reported at once."""
 
-    host_path: str
-    container_path: str
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One validated rule; ``index`` is its 1-based position in the list.
-
-    ``regex`` is None when the rule selects only by ``subsystem``/``attributes``
-    (or is the ``nvidia-gpu`` keyword): then every device node is a candidate
-    and sysfs decides.
-    """
-
-    index: int
-    line: int
-    pattern: str
-    regex: re.Pattern[str] | None
-    count: int
-    name: str | None = None  # fixed resource name, or a template with {attribute} fields
-    subsystem: str | None = None  # glob on the device's own subsystem
-    attributes: tuple[tuple[str, str], ...] = ()  # (attribute, glob), all on one sysfs level
-    pool: bool = False
-    container_path: str | None = None
-    env: tuple[tuple[str, str], ...] = ()
-    mounts: tuple[Mount, ...] = ()
-    nvidia: bool = False
-    fields: tuple[str, ...] = field(default=(), compare=False)  # placeholders of ``name``
-
-    def matches(self, rel_path: str) -> bool:
-        """Does the path part of the rule select ``rel_path`` (sysfs not consulted)?"""
-        return not self.nvidia and (self.regex is None or self.regex.search(rel_path) is not None)
-
-    @property
-    def needs_sysfs(self) -> bool:
-        """Whether matching, naming or identity of this rule's devices reads sysfs."""
-        return bool(self.subsystem is not None or self.attributes or self.fields or self.pool)
-
-    @property
-    def selector(self) -> tuple[object, ...]:
-        """What decides which devices the rule selects and how they are named: a
-        resource stays "still wanted" across a reload while a rule with the same
-        selector exists (its devices may merely be unplugged)."""
-        return (self.pattern, self.subsystem, self.attributes, self.name, self.pool, self.nvidia)
-
-    @property
-    def plain(self) -> bool:
-        """A rule of the original's kind: a path pattern, resources named after paths."""
-        return not (self.needs_sysfs or self.name or self.nvidia)
-
-
-@dataclass(frozen=True)
-class Config:
-    source: str
-    rules: tuple[Rule, ...]
-    warnings: tuple[str, ...] = ()
-    text: str = ""
-
-    def first_match(self, rel_path: str) -> Rule | None:
-        for rule in self.rules:
-            if rule.plain and rule.matches(rel_path):
-                return rule
-        return None
-
-    def selects(self, rule: Rule, rel_path: str) -> bool:
-        """Is a resource made by ``rule`` from ``rel_path`` still wanted by this config?
-
-        For the original's plain rules, any plain rule matching the path keeps it
-        (as 2.0 did); a resource of an attribute, named or nvidia rule is kept while
-        a rule with the same selector exists, since its device may just be unplugged.
-        """
-        if rule.plain:
-            return self.first_match(rel_path) is not None
-        return any(r.selector == rule.selector for r in self.rules)
-
-    @property
-    def needs_sysfs(self) -> bool:
-        return any(rule.needs_sysfs or rule.nvidia for rule in self.rules)
-
-
-class ConfigError(Exception):
-    """A config that must not be used; ``problems`` are ready-to-print lines."""
-
-    def __init__(self, source: str, problems: list[str]) -> None:
-        self.source = source
-        self.problems = problems
-        super().__init__("\n".join(problems))
-
-
-class _Collector:
     def __init__(self, source: str) -> None:
         self.source = source
         self.errors: list[str] = []
@@ -167,45 +62,7 @@ class _Collector:
         self.warnings.append(self.where(line, rule) + message)
 
 
-def parse_config(text: str, source: str) -> Config:
-    """Validate ``text``; raise ``ConfigError`` listing every problem."""
-    out = _Collector(source)
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 1
-        what = exc.problem or exc.context or "invalid YAML"
-        raise ConfigError(source, [f"{source}:{line}: not valid YAML: {what}"]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(source, [f"{source}: not valid YAML: {exc}"]) from None
-
-    if root is None:
-        out.warn(1, None, "the config has no rules: no device will be advertised")
-        return Config(source, (), tuple(out.warnings), text)
-    if not isinstance(root, yaml.SequenceNode):
-        hint = (
-            "start each rule with '- ', e.g. '- devicematch: ^video[0-9]*$'"
-            if isinstance(root, yaml.MappingNode)
-            else "write a list of rules like '- {devicematch: ^video[0-9]*$, nummaxdevices: 10}'"
-        )
-        out.error(root.start_mark.line + 1, None, f"the config must be a YAML list of rules; {hint}")
-        raise ConfigError(source, out.errors)
-    if not root.value:
-        out.warn(root.start_mark.line + 1, None, "the rule list is empty: no device will be advertised")
-
-    rules: list[Rule] = []
-    for index, node in enumerate(root.value, start=1):
-        rule = _parse_rule(node, index, out)
-        if rule is not None:
-            rules.append(rule)
-    _warn_on_repeats(rules, out)
-    if out.errors:
-        raise ConfigError(source, out.errors)
-    return Config(source, tuple(rules), tuple(out.warnings), text)
-
-
-def _parse_rule(node: yaml.Node, index: int, out: _Collector) -> Rule | None:
+def parse_rule(node: yaml.Node, index: int, out: Collector) -> Rule | None:
     line = node.start_mark.line + 1
     if not isinstance(node, yaml.MappingNode):
         out.error(line, index, "a rule must be a mapping like "
@@ -272,7 +129,7 @@ def _parse_rule(node: yaml.Node, index: int, out: _Collector) -> Rule | None:
 
 
 def _mapping_fields(
-    node: yaml.MappingNode, index: int, known: tuple[str, ...], out: _Collector
+    node: yaml.MappingNode, index: int, known: tuple[str, ...], out: Collector
 ) -> dict[str, yaml.Node]:
     """Keys of a mapping, each once; unknown and repeated keys are errors with a hint."""
     fields: dict[str, yaml.Node] = {}
@@ -295,7 +152,7 @@ def _line(node: yaml.Node) -> int:
     return int(node.start_mark.line) + 1
 
 
-def _string(node: yaml.Node | None, key: str, index: int, out: _Collector, example: str) -> str | None:
+def _string(node: yaml.Node | None, key: str, index: int, out: Collector, example: str) -> str | None:
     """A non-empty string scalar (quoted if YAML would read it as something else)."""
     if node is None:
         return None
@@ -309,7 +166,7 @@ def _string(node: yaml.Node | None, key: str, index: int, out: _Collector, examp
     return str(node.value)
 
 
-def _parse_bool(node: yaml.Node | None, key: str, index: int, out: _Collector) -> bool:
+def _parse_bool(node: yaml.Node | None, key: str, index: int, out: Collector) -> bool:
     if node is None:
         return False
     if not isinstance(node, yaml.ScalarNode) or node.tag != _BOOL_TAG or node.value not in ("true", "false"):
@@ -320,7 +177,7 @@ def _parse_bool(node: yaml.Node | None, key: str, index: int, out: _Collector) -
 
 
 def _parse_attributes(
-    node: yaml.Node | None, index: int, out: _Collector
+    node: yaml.Node | None, index: int, out: Collector
 ) -> tuple[tuple[str, str], ...] | None:
     """udev ATTRS-like pairs; values are strings (USB IDs such as 0403 must be quoted,
     or YAML reads them as octal numbers)."""
@@ -363,7 +220,7 @@ def _parse_attributes(
 
 
 def _parse_name(
-    node: yaml.Node | None, index: int, out: _Collector
+    node: yaml.Node | None, index: int, out: Collector
 ) -> tuple[str | None, tuple[str, ...]]:
     """A fixed resource name, or a template whose {attribute} fields come from sysfs."""
     text = _string(node, "name", index, out, example="name: gps or name: gps-{serial}")
@@ -393,7 +250,7 @@ def _parse_name(
 
 
 def _parse_path(
-    node: yaml.Node | None, key: str, index: int, out: _Collector, forbidden: tuple[str, ...]
+    node: yaml.Node | None, key: str, index: int, out: Collector, forbidden: tuple[str, ...]
 ) -> str | None:
     text = _string(node, key, index, out, example=f"{key}: /dev/gps")
     if text is None or node is None:
@@ -413,7 +270,7 @@ def _parse_path(
     return text
 
 
-def _parse_env(node: yaml.Node | None, index: int, out: _Collector) -> tuple[tuple[str, str], ...] | None:
+def _parse_env(node: yaml.Node | None, index: int, out: Collector) -> tuple[tuple[str, str], ...] | None:
     if node is None:
         return ()
     if not isinstance(node, yaml.MappingNode):
@@ -446,7 +303,7 @@ def _parse_env(node: yaml.Node | None, index: int, out: _Collector) -> tuple[tup
     return tuple(pairs) if ok else None
 
 
-def _parse_mounts(node: yaml.Node | None, index: int, out: _Collector) -> tuple[Mount, ...] | None:
+def _parse_mounts(node: yaml.Node | None, index: int, out: Collector) -> tuple[Mount, ...] | None:
     if node is None:
         return ()
     example = "mounts: [{hostpath: /sys/class/gpio, containerpath: /sys/class/gpio}]"
@@ -475,7 +332,7 @@ def _parse_mounts(node: yaml.Node | None, index: int, out: _Collector) -> tuple[
 
 
 def _parse_pattern(
-    node: yaml.Node, index: int, out: _Collector
+    node: yaml.Node, index: int, out: Collector
 ) -> tuple[re.Pattern[str] | None, str]:
     line = node.start_mark.line + 1
     if not isinstance(node, yaml.ScalarNode) or node.tag != _STR_TAG:
@@ -496,7 +353,7 @@ def _parse_pattern(
     return regex, pattern
 
 
-def _parse_count(node: yaml.Node, index: int, out: _Collector) -> int | None:
+def _parse_count(node: yaml.Node, index: int, out: Collector) -> int | None:
     line = node.start_mark.line + 1
     if not isinstance(node, yaml.ScalarNode) or node.tag != _INT_TAG:
         shown = node.value if isinstance(node, yaml.ScalarNode) else f"a {getattr(node, 'id', 'node')}"
@@ -519,97 +376,3 @@ def _parse_count(node: yaml.Node, index: int, out: _Collector) -> int | None:
                   "containers sharing one device; use a smaller number")
         return None
     return int(value)
-
-
-def _warn_on_repeats(rules: list[Rule], out: _Collector) -> None:
-    seen: dict[tuple[object, ...], Rule] = {}
-    names: dict[str, Rule] = {}
-    paths: dict[str, Rule] = {}
-    for rule in rules:
-        first = seen.setdefault(rule.selector[:3], rule)
-        if first is not rule and rule.pattern:
-            out.warn(rule.line, rule.index, f"repeats the pattern of rule {first.index} "
-                     f"(line {first.line}); the first rule always wins, so this one never applies")
-        if rule.name and not rule.fields:
-            other = names.setdefault(rule.name, rule)
-            if other is not rule:
-                out.error(rule.line, rule.index, f"name '{rule.name}' is also the name of rule "
-                          f"{other.index} (line {other.line}); one resource cannot come from two rules "
-                          "(give one of them 'pool: true' and merge them, or another name)")
-        for path in ([rule.container_path] if rule.container_path else []) + \
-                [m.container_path for m in rule.mounts]:
-            other = paths.setdefault(path, rule)
-            if other is not rule:
-                out.error(rule.line, rule.index, f"container path {path} is also used by rule "
-                          f"{other.index} (line {other.line}); a container given both would see one "
-                          "on top of the other")
-
-
-def embedded_text() -> str:
-    # A plain open() rather than importlib.resources, which pulls in tempfile,
-    # shutil and pathlib (about 1 MiB of RSS) for a file that is always on disk.
-    with open(os.path.join(os.path.dirname(__file__), "default_config.yaml"), encoding="utf-8") as f:
-        return f.read()
-
-
-def load_config(path: str | None) -> Config:
-    """Read and validate ``path``; ``None`` means the embedded default."""
-    if path is None:
-        return parse_config(embedded_text(), EMBEDDED_SOURCE)
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except FileNotFoundError:
-        raise ConfigError(path, [f"{path}: no such file"]) from None
-    except IsADirectoryError:
-        raise ConfigError(path, [f"{path}: is a directory, not a config file"]) from None
-    except PermissionError:
-        raise ConfigError(path, [f"{path}: permission denied"]) from None
-    except OSError as exc:
-        raise ConfigError(path, [f"{path}: cannot read: {exc.strerror}"]) from None
-    return parse_config(decode_config(data, path), path)
-
-
-def decode_config(data: bytes, source: str) -> str:
-    """A config file's bytes as text; ``ConfigError`` if they are not UTF-8."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(source, [f"{source}: not UTF-8 text ({exc.reason})"]) from None
-
-
-def reread(configured: str | None, last: bytes) -> tuple[str, bytes, Config | ConfigError] | None:
-    """A running daemon's look at its rules file after an event: None if there is nothing to
-    take (unchanged, unreadable or empty, the last two logged); else (path, bytes read, the new
-    Config or why it is rejected). ``configured`` None means the embedded default is in use: a
-    file created later at the default path takes over.
-
-    The file is read once and what was read is what gets parsed: a second read could see another
-    version (a ConfigMap swap, an editor mid-write) than the one compared. A zero-byte file is
-    what an editor leaves between truncating and writing; taking it would withdraw every
-    resource, so it is ignored (removing all rules takes '[]').
-    """
-    import logging
-
-    log = logging.getLogger(__name__)
-    path = configured
-    if path is None:
-        if not os.path.isfile(DEFAULT_PATH):
-            return None
-        path = DEFAULT_PATH
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as exc:
-        log.warning("config %s cannot be read (%s); keeping the current rules", path, exc.strerror)
-        return None
-    if data == last:
-        return None
-    if not data.strip():
-        log.warning("config %s is empty; keeping the current rules (write '[]' to remove every rule "
-                    "on purpose)", path)
-        return None
-    try:
-        return path, data, parse_config(decode_config(data, path), path)
-    except ConfigError as exc:
-        return path, data, exc

@@ -30,7 +30,6 @@ import os
 import re
 import stat
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 
 MAX_ATTRIBUTE = 4096
 """The largest attribute value read. sysfs ``show`` output is at most one page;
@@ -38,8 +37,6 @@ anything larger is a binary attribute (firmware, config space), never a match.""
 
 _MAX_HOPS = 40  # symlinks followed while resolving one path: the kernel's own limit
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-_GLOB_CHARS = frozenset("*?[")
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _GPU = re.compile(r"gpu.[0-9]*")  # the original's pattern, unanchored like Go's regexp.MatchString
 
 
@@ -388,77 +385,13 @@ class Sysfs:
                 found[name] = value
         return found
 
-    def _value(self, level: Level, key: str) -> str | None:
+    def value(self, level: Level, key: str) -> str | None:
+        """What a rule key means on one level: its driver, its subsystem, or an attribute."""
         if key == "driver":
             return level.driver
         if key == "subsystem":
             return level.subsystem
         return self.attribute(level.path, key)
-
-    def lookup(self, chain: tuple[Level, ...], name: str) -> str | None:
-        """Value of `name` on the device itself or its nearest parent that has it (what a name template
-        `{serial}` uses). `driver` and `subsystem` give the nearest level's driver/subsystem that is not
-        None."""
-        for level in chain:
-            value = self._value(level, name)
-            if value is not None:
-                return value
-        return None
-
-    def matches(self, chain: tuple[Level, ...], subsystem: str | None,
-                attributes: tuple[tuple[str, str], ...]) -> bool:
-        """udev semantics: `subsystem` (a glob, or None = any) must match the device's own subsystem (udev
-        SUBSYSTEM); every (key, glob) in `attributes` must match on the device itself or on ONE single
-        parent together (udev ATTRS: all keys on the same level). Keys `driver` and `subsystem` inside
-        `attributes` match that level's driver/subsystem (udev DRIVERS/SUBSYSTEMS). Globs as udev:
-        fnmatch.fnmatchcase with `*`, `?`, `[...]`; exact strings match exactly. Empty attributes tuple:
-        only the subsystem check. An empty chain (no device) matches nothing."""
-        if not chain:
-            return False
-        if subsystem is not None:
-            own = chain[0].subsystem
-            if own is None or not _glob(own, subsystem):
-                return False
-        if not attributes:
-            return True
-        for level in chain:
-            for key, pattern in attributes:
-                value = self._value(level, key)
-                if value is None or not _glob(value, pattern):
-                    break
-            else:
-                return True
-        return False
-
-    def identity(self, chain: tuple[Level, ...], node_name: str) -> str:
-        """A stable identity for the device, used as its device ID in pools: it must NOT change when the
-        device is unplugged and comes back under another node name (ttyUSB0 -> ttyUSB1) or another devnum,
-        and must differ between two adapters. Rule: find the nearest USB device on the chain (a level with
-        `idVendor` and `idProduct`); if it has a non-empty `serial`, the base is that serial; otherwise the
-        base is 'usb-' + the USB device dir's basename (e.g. 'usb-1-1.3', the physical port path, stable per
-        port). If that USB device's `bNumInterfaces` is more than 1, append '-if' + the interface's
-        `bInterfaceNumber` (the level just below the USB device on the chain). If the class device has an
-        `index` attribute other than '0' (video4linux metadata nodes), append '-' + index. With no USB
-        device on the chain (built-in UARTs, I2C, PCI): the node's own name (node_name with '/' -> '_';
-        built-in devices do not re-enumerate). Finally map every character outside [A-Za-z0-9._-] to '_'.
-
-        Two adapters that share a serial (vendors that ship "0001" on every unit) get the same identity:
-        callers must treat duplicates as a problem, this method cannot see the other device."""
-        for position, level in enumerate(chain):
-            usb = level.path
-            if self.attribute(usb, "idVendor") is None or self.attribute(usb, "idProduct") is None:
-                continue
-            serial = (self.attribute(usb, "serial") or "").strip()
-            ident = serial or "usb-" + usb.rpartition("/")[2]
-            if position > 0 and _count(self.attribute(usb, "bNumInterfaces")) > 1:
-                number = self.attribute(chain[position - 1].path, "bInterfaceNumber")
-                if number:
-                    ident += "-if" + number.strip()
-            index = self.attribute(chain[0].path, "index")
-            if index and index.strip() != "0":
-                ident += "-" + index.strip()
-            return _UNSAFE.sub("_", ident)
-        return _UNSAFE.sub("_", node_name.replace("/", "_"))
 
     def gpus(self) -> list[str]:
         """The original's `nvidia-gpu` keyword: names of the top-level entries of <root>/devices whose name
@@ -469,18 +402,3 @@ class Sysfs:
         except OSError:
             return []
         return sorted(name for name in names if _GPU.search(name))
-
-
-def _glob(value: str, pattern: str) -> bool:
-    """udev's match: a glob if the pattern has glob characters, else plain equality (the common case,
-    and the one that must not be surprised by fnmatch's translation)."""
-    if _GLOB_CHARS.isdisjoint(pattern):
-        return value == pattern
-    return fnmatchcase(value, pattern)
-
-
-def _count(value: str | None) -> int:
-    try:
-        return int(value) if value else 0
-    except ValueError:
-        return 0

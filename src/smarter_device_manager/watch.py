@@ -20,7 +20,6 @@ import os
 from typing import Protocol
 
 from smarter_device_manager import inotify as ino
-from smarter_device_manager.registrar import KUBELET_SOCKET
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +29,7 @@ DEV_MASK = _DIR_EVENTS | _SELF_EVENTS | ino.IN_ONLYDIR | ino.IN_DONT_FOLLOW | in
 CONFIG_MASK = _DIR_EVENTS | ino.IN_CLOSE_WRITE | ino.IN_ONLYDIR
 PLUGIN_MASK = _DIR_EVENTS | _SELF_EVENTS | ino.IN_ONLYDIR
 CDI_MASK = _DIR_EVENTS | ino.IN_CLOSE_WRITE | ino.IN_ONLYDIR
+KUBELET_SOCKET = "kubelet.sock"  # in the plugin dir: the kubelet is up while it is there
 
 
 class Sink(Protocol):

@@ -23,17 +23,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from smarter_device_manager import __version__
-from smarter_device_manager.config import Config, ConfigError, reread
+from smarter_device_manager.config import reread
+from smarter_device_manager.deviceplugin.plugin import Paths
+from smarter_device_manager.deviceplugin.reconcile import Reconciler
+from smarter_device_manager.deviceplugin.registrar import Registrar, Registration
 from smarter_device_manager.discovery import discover
 from smarter_device_manager.http import HttpServer
 from smarter_device_manager.metrics import Metrics, Sample
-from smarter_device_manager.plugin import Paths
-from smarter_device_manager.reconcile import Reconciler
-from smarter_device_manager.registrar import Registrar, Registration
+from smarter_device_manager.rules import Config, ConfigError
 from smarter_device_manager.watch import Watcher
 
 if TYPE_CHECKING:
-    from smarter_device_manager.cdisync import CdiKeeper, CdiSettings
+    from smarter_device_manager.deviceplugin.cdisync import CdiKeeper, CdiSettings
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ class Daemon:
         self.registrar = Registrar(settings.plugin_dir, self._registered)
         self.cdi: CdiKeeper | None = None
         if settings.cdi is not None:
-            from smarter_device_manager.cdisync import CdiKeeper
+            from smarter_device_manager.deviceplugin.cdisync import CdiKeeper
 
             self.cdi = CdiKeeper(settings.cdi)
         paths = Paths(settings.dev_dir, settings.host_dev_dir, self.cdi)

@@ -25,13 +25,12 @@ import asyncio
 import contextlib
 import logging
 import os
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING
 
 from grpclib import GRPCError, Status
-from grpclib.server import Server, Stream
+from grpclib.server import Stream
 
 from smarter_device_manager.api import messages as pb
 from smarter_device_manager.api.services import DevicePluginService
@@ -44,10 +43,11 @@ from smarter_device_manager.discovery import (
     directory_nodes,
     node_problem,
 )
+from smarter_device_manager.grpcserver import UnixServer
 from smarter_device_manager.handover import handover, member_ids
 
 if TYPE_CHECKING:
-    from smarter_device_manager.cdisync import CdiKeeper
+    from smarter_device_manager.deviceplugin.cdisync import CdiKeeper
 from smarter_device_manager.lowmem import SmallEvent
 
 log = logging.getLogger(__name__)
@@ -325,90 +325,24 @@ class DevicePlugin(DevicePluginService):
         )
 
 
-class _Server(Server):
-    """grpclib's Server, which on close() also closes the connections it accepted.
+class PluginServer(UnixServer):
+    """The gRPC server on a unix socket that hosts one plugin."""
 
-    grpclib only cancels the running calls; the kubelet's connection would stay
-    open until the kubelet drops it, and a node that withdraws thousands of
-    resources (hotplug bursts) would keep thousands of dead connections.
-    """
-
-    _shared: ClassVar[tuple[Any, Any] | None] = None  # (grpclib config, h2 config)
-
-    def __init__(self, handlers: list[Any]) -> None:
-        super().__init__(handlers)
-        # The configurations are the same for every server: share one pair rather
-        # than keep two objects per resource.
-        if _Server._shared is None:
-            _Server._shared = (self._config, self._h2_config)
-        self._config, self._h2_config = _Server._shared
-        self._protocols: set[Any] = set()
-
-    def _protocol_factory(self) -> Any:
-        # Forget connections that are already closed (a plain set, not a WeakSet
-        # or a callback per connection: both cost memory on every resource).
-        self._protocols = {p for p in self._protocols if not _closed(p)}
-        protocol = super()._protocol_factory()
-        self._protocols.add(protocol)
-        return protocol
-
-    def close(self) -> None:
-        super().close()
-        for protocol in list(self._protocols):
-            connection = getattr(protocol, "connection", None)
-            if connection is not None:
-                connection.close()
-
-
-def _closed(protocol: Any) -> bool:
-    connection = getattr(protocol, "connection", None)
-    return connection is not None and bool(connection.is_closing())
-
-
-class PluginServer:
-    """A gRPC server on a unix socket hosting one plugin."""
-
-    __slots__ = ("_inode", "_server", "plugin", "socket_path")
+    __slots__ = ("plugin",)
 
     def __init__(self, plugin: DevicePlugin, socket_path: str) -> None:
+        super().__init__(plugin, socket_path)
         self.plugin = plugin
-        self.socket_path = socket_path
-        self._server: Server | None = None
-        self._inode = 0
 
     async def start(self) -> None:
-        remove_socket(self.socket_path)
         self.plugin.resume()
-        server = _Server([self.plugin])
-        await server.start(path=self.socket_path)
-        self._server = server
-        self._inode = os.stat(self.socket_path).st_ino
-
-    def socket_present(self) -> bool:
-        """Is our socket file (not a stranger's with the same name) still there?"""
-        try:
-            return os.stat(self.socket_path).st_ino == self._inode
-        except OSError:
-            return False
+        await super().start()
 
     async def stop(self, end_streams: bool = True) -> None:
         # The socket goes first, so once the kubelet sees its stream end the
         # resource is really gone from the directory too.
-        if self.socket_present():
-            remove_socket(self.socket_path)
+        self.remove_own_socket()
         if end_streams:
             self.plugin.stop()
             await self.plugin.streams_ended(0.1)
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
-            await server.wait_closed()
-
-
-def remove_socket(path: str) -> None:
-    """Remove our socket file at ``path``; anything that is not a socket there is left alone."""
-    try:
-        if stat.S_ISSOCK(os.lstat(path).st_mode):
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
+        await self.close_server()

@@ -21,12 +21,12 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from smarter_device_manager.config import Config
+from smarter_device_manager.deviceplugin.plugin import DevicePlugin, Paths, PluginServer
+from smarter_device_manager.deviceplugin.registrar import Registrar
 from smarter_device_manager.discovery import KIND_POOL, Inventory, Member, Resource
 from smarter_device_manager.metrics import Metrics, Sample
 from smarter_device_manager.naming import socket_name
-from smarter_device_manager.plugin import DevicePlugin, Paths, PluginServer
-from smarter_device_manager.registrar import Registrar
+from smarter_device_manager.rules import Config
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ class Reconciler:
         The kubelet deletes every socket in its directory when it starts, so
         this runs before registering: the kubelet dials us right after Register.
         """
-        lost = {n: r for n, r in self.running.items() if not r.server.socket_present()}
+        lost = {n: r for n, r in self.running.items() if not r.server.present()}
         if kubelet_restarted:
             for name, running in self.running.items():
                 if name not in lost:

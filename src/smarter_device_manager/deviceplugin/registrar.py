@@ -27,12 +27,12 @@ from h2.exceptions import H2Error
 
 from smarter_device_manager.api import messages as pb
 from smarter_device_manager.api.services import register_method
-from smarter_device_manager.plugin import OPTIONS
+from smarter_device_manager.deviceplugin.plugin import OPTIONS
+from smarter_device_manager.watch import KUBELET_SOCKET
 
 log = logging.getLogger(__name__)
 
 API_VERSION = "v1beta1"
-KUBELET_SOCKET = "kubelet.sock"
 REGISTER_TIMEOUT = 10.0
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0

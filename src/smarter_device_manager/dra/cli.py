@@ -1,10 +1,12 @@
 """The ``dra`` subcommand: its options and how it starts DRA mode.
 
-Kept apart from ``cli.py`` so that device-plugin mode never loads DRA mode's code, its API client
-or ``ssl`` (a test checks ``sys.modules`` after ``serve`` starts): this module is only argparse
-definitions until ``run`` is called. Every option also comes from an ``SDM_*`` environment
-variable, checked by the flag's own function (cli._Parser.add_env_option): a bad value from the
-environment fails exactly like a bad flag (exit 2, naming the option and the variable).
+Only ``smarter-device-manager dra`` imports this module (``cli.build_parser`` adds a mode's
+subcommands only when they are asked for), so device-plugin mode never loads DRA mode's code, its
+API client or ``ssl`` (a test checks ``sys.modules`` after ``serve`` starts); and this module is
+only argparse definitions until ``run`` is called. Every option also comes from an ``SDM_*``
+environment variable, checked by the flag's own function (``options.Parser.add_env_option``): a
+bad value from the environment fails exactly like a bad flag (exit 2, naming the option and the
+variable).
 """
 
 from __future__ import annotations
@@ -15,6 +17,14 @@ import re
 import sys
 from collections.abc import Callable
 from typing import Any
+
+from smarter_device_manager.options import (
+    config_watch_dir,
+    discovery_options,
+    load_or_exit,
+    parse_address,
+    resolve_config,
+)
 
 DEFAULT_DRIVER = "smarter-devices.io"
 DEFAULT_PLUGINS_DIR = "/var/lib/kubelet/plugins"
@@ -68,10 +78,9 @@ def _one_of(*choices: str) -> Callable[[str], str]:
     return check
 
 
-def add_parser(sub: Any, discovery_options: Callable[[Any], None],
-               parse_address: Callable[[str], tuple[str, int] | None]) -> Any:
-    """The ``dra`` subcommand's parser (a ``cli._Parser``: every option also from its variable,
-    checked by the same function as the flag)."""
+def add_parser(sub: Any) -> Any:
+    """The ``dra`` subcommand's parser (an ``options.Parser``: every option also from its
+    variable, checked by the same function as the flag)."""
     dra = sub.add_parser("dra", help="run as a Dynamic Resource Allocation (resource.k8s.io/v1) driver")
     discovery_options(dra)
     dra.add_env_option("--host-dev-dir", absolute_dir, None, metavar="DIR",
@@ -107,8 +116,7 @@ def _path(text: str) -> str | None:
     return text or None
 
 
-def run(args: argparse.Namespace, resolve_config: Callable[[str | None], tuple[str | None, str]],
-        load_or_exit: Callable[[str | None], Any]) -> int:
+def run(args: argparse.Namespace) -> int:
     """Start DRA mode; 2 for usage and config errors, 1 when it cannot start."""
     import asyncio
     import logging
@@ -139,13 +147,10 @@ def run(args: argparse.Namespace, resolve_config: Callable[[str | None], tuple[s
     if not os.path.isdir(args.dev_dir):
         log.error("not starting: dev dir %s is not a directory", args.dev_dir)
         return 2
-    from smarter_device_manager.config import DEFAULT_PATH
-
-    watch_dir = os.path.dirname(os.path.abspath(path or DEFAULT_PATH))
     http = args.http_address
     settings = DraSettings(
         config_path=path,
-        config_watch_dir=watch_dir if os.path.isdir(watch_dir) else None,
+        config_watch_dir=config_watch_dir(path),
         dev_dir=args.dev_dir,
         host_dev_dir=args.host_dev_dir or args.dev_dir,
         sys_dir=args.sys_dir,

@@ -20,15 +20,17 @@ import signal
 from dataclasses import dataclass
 
 from smarter_device_manager import __version__, cdi
-from smarter_device_manager.config import Config, ConfigError, reread
+from smarter_device_manager.config import reread
 from smarter_device_manager.discovery import KIND_DIRECTORY, directory_nodes, discover
 from smarter_device_manager.dra.devices import DraDevice, Paths, cdi_device, dra_devices
 from smarter_device_manager.dra.kube import Cluster, KubeClient
 from smarter_device_manager.dra.node import Checkpoint, NodeService
 from smarter_device_manager.dra.publisher import Publisher
-from smarter_device_manager.dra.registration import Registration, SocketServer
+from smarter_device_manager.dra.registration import Registration
+from smarter_device_manager.grpcserver import UnixServer
 from smarter_device_manager.http import HttpServer
 from smarter_device_manager.metrics import Metrics, Sample
+from smarter_device_manager.rules import Config, ConfigError
 from smarter_device_manager.watch import Watcher
 
 log = logging.getLogger(__name__)
@@ -100,8 +102,8 @@ class DraDaemon:
         self.publisher = Publisher(self.client, s.node, s.driver, self.metrics)
         self.registered = False
         self.registration_error = ""
-        self._dra_server = SocketServer(self.node, s.endpoint)
-        self._reg_server = SocketServer(Registration(s.driver, s.endpoint, self._registration),
+        self._dra_server = UnixServer(self.node, s.endpoint)
+        self._reg_server = UnixServer(Registration(s.driver, s.endpoint, self._registration),
                                         s.registration_socket)
         self._problems: frozenset[str] = frozenset()
         self._stop = asyncio.Event()

@@ -49,6 +49,7 @@ from smarter_device_manager.discovery import (
 )
 from smarter_device_manager.handover import numbered
 from smarter_device_manager.sysfs import Level, Sysfs, SysfsError
+from smarter_device_manager.udevmatch import lookup
 
 LABEL_MAX = 63
 VALUE_MAX = 64
@@ -124,11 +125,11 @@ def sysfs_attributes(sysfs: Sysfs, chain: tuple[Level, ...]) -> dict[str, Attrib
     if chain[0].subsystem:
         found["subsystem"] = _string(chain[0].subsystem)
     own, usb_at = _own(sysfs, chain)
-    driver = sysfs.lookup(own, "driver")
+    driver = lookup(sysfs, own, "driver")
     if driver:
         found["driver"] = _string(driver)
     for key in STRING_ATTRIBUTES:
-        value = sysfs.lookup(own, key)
+        value = lookup(sysfs, own, key)
         if value is not None and value.strip():
             found[key] = _string(value.strip())
     index = sysfs.attribute(chain[0].path, "index")

@@ -1,4 +1,6 @@
-"""Registration with the kubelet's plugin watcher, and the two unix-socket servers of DRA mode.
+"""Registration with the kubelet's plugin watcher.
+
+Served, like the DRA service, on a ``grpcserver.UnixServer``.
 
 The kubelet finds DRA drivers by the sockets in its ``plugins_registry`` directory: it calls
 ``GetInfo`` on ours (type ``DRAPlugin``, our driver name, the endpoint of our DRA service, and
@@ -7,21 +9,18 @@ with ``NotifyRegistrationStatus``. It does this again after it restarts, without
 socket. So the order is: serve the DRA service first, then create the registration socket.
 
 If either socket is deleted (an admin cleaning up, a kubelet that purges its directories) the
-daemon serves it again: ``serve`` is idempotent and ``present`` tells whether our own socket
+daemon serves it again: ``UnixServer.serve`` is idempotent and ``present`` tells whether our own socket
 (by inode, not a stranger's of the same name) is still there.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
-from typing import Any
 
-from grpclib.server import Server, Stream
+from grpclib.server import Stream
 
 from smarter_device_manager.api import dra as pb
-from smarter_device_manager.plugin import remove_socket
 
 log = logging.getLogger(__name__)
 
@@ -48,41 +47,3 @@ class Registration(pb.RegistrationService):
         await stream.send_message(pb.RegistrationStatusResponse())
         if status is not None:
             self.on_status(status.plugin_registered, status.error)
-
-
-class SocketServer:
-    """One grpclib server on one unix socket, restartable."""
-
-    def __init__(self, handler: Any, path: str) -> None:
-        self.handler = handler
-        self.path = path
-        self._server: Server | None = None
-        self._inode = 0
-
-    def present(self) -> bool:
-        try:
-            return os.stat(self.path).st_ino == self._inode
-        except OSError:
-            return False
-
-    async def serve(self) -> None:
-        """Serve on the socket (again, if it was deleted); a no-op while ours is there."""
-        if self._server is not None and self.present():
-            return
-        await self.stop()
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        remove_socket(self.path)
-        server = Server([self.handler])
-        await server.start(path=self.path)
-        self._server = server
-        self._inode = os.stat(self.path).st_ino
-
-    async def stop(self) -> None:
-        if self.present():
-            remove_socket(self.path)
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
-            await server.wait_closed()
-
-
