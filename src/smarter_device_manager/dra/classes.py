@@ -254,29 +254,27 @@ def plan(driver: str, wanted: Mapping[str, dict[str, Any]],
     return Plan(tuple(writes), tuple(notes))
 
 
-def with_grace(present: Iterable[str], last_seen: dict[str, float], held: Iterable[str], now: float,
+def with_grace(present: Iterable[str], missing_since: dict[str, float], held: Iterable[str], now: float,
                grace: float) -> tuple[set[str], float | None]:
-    """The resources to keep classes for: those present, and those gone for less than ``grace``.
+    """The resources to keep classes for: those present, and those of classes we hold that have
+    been missing for less than ``grace``.
 
-    ``last_seen`` (updated here) is when each resource was last present; a resource of a class we
-    hold that we never saw (the controller just started) counts as seen now. Returns the set and
-    when the next grace ends (None if none is running)."""
+    ``missing_since`` (updated here) is when the controller first saw each held resource missing:
+    the grace counts from then, not from when it last looked (an idle controller's last look may
+    be long ago). A class found at start for a resource no node has gets a grace from now.
+    Returns the set and when the next grace ends (None if none is running)."""
     present = set(present)
-    for resource in present:
-        last_seen[resource] = now
-    for resource in held:
-        last_seen.setdefault(resource, now)
+    held = set(held)
+    for resource in list(missing_since):
+        if resource in present or resource not in held:
+            del missing_since[resource]
     keep = set(present)
     next_end: float | None = None
-    for resource, seen in list(last_seen.items()):
-        if resource in present:
-            continue
-        end = seen + grace
+    for resource in held - present:
+        end = missing_since.setdefault(resource, now) + grace
         if end > now:
             keep.add(resource)
             next_end = end if next_end is None else min(next_end, end)
-        else:
-            del last_seen[resource]
     return keep, next_end
 
 
@@ -295,7 +293,7 @@ class ClassController:
         self.in_sync = False
         self.resources: Mapping[str, frozenset[str]] = {}
         self._wake = asyncio.Event()
-        self._last_seen: dict[str, float] = {}
+        self._missing_since: dict[str, float] = {}
         self._said: set[str] = set()
         self.slices = Mirror(client, path_of(API_VERSION, "resourceslices"), SLICES,
                              {"fieldSelector": f"spec.driver={driver}"}, self._wake.set, self._fail)
@@ -322,6 +320,10 @@ class ClassController:
     def _fail(self, exc: KubeError) -> None:
         self.metrics.inc("dra_api_errors_total", verb=exc.verb or "?", code=str(exc.status))
         message = str(exc)
+        if exc.status == 403:  # kube.py's advice names the node daemon's ServiceAccount and RBAC
+            message = message.replace("the daemon's ServiceAccount", "the dra-classes controller's "
+                                      "ServiceAccount").replace("templates/dra-rbac.yaml",
+                                                                "templates/dra-classes.yaml")
         if message != self.error:
             log.error("API server: %s", message)
         self.error = message
@@ -343,7 +345,7 @@ class ClassController:
         self.resources = found.resources
         held = [str((c.get("spec") or {}).get("extendedResourceName")) for c in self.classes.objects.values()
                 if managed(c, self.driver) and (c.get("spec") or {}).get("extendedResourceName")]
-        keep, next_end = with_grace(found.resources, self._last_seen, held, self.clock(), self.grace)
+        keep, next_end = with_grace(found.resources, self._missing_since, held, self.clock(), self.grace)
         result = plan(self.driver, desired(self.driver, keep), self.classes.objects)
         self._say(found.problems + result.notes)
         return result, next_end
@@ -392,4 +394,4 @@ class ClassController:
             self.classes.took(await self.client.request("PUT", path, write.body, verb="update",
                                                         resource=CLASSES))
         self.metrics.inc("dra_class_writes_total", verb=write.verb)
-        log.info("DeviceClass %s: %sd (%s)", write.name, write.verb.removesuffix("e"), write.why)
+        log.info("DeviceClass %s: %sd (%s)", write.name, write.verb, write.why)
