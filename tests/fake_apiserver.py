@@ -70,6 +70,7 @@ class FakeApiServer:
     classes: dict[str, dict[str, Any]] = field(default_factory=dict)
     class_history: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
     _class_watches: list[asyncio.Queue[tuple[str, dict[str, Any]] | None]] = field(default_factory=list)
+    extended_resource_gate: bool = True  # False: drop spec.extendedResourceName, as 1.34/1.35 do
     _server: asyncio.AbstractServer | None = None
     port: int = 0
 
@@ -414,6 +415,8 @@ current-context: sdm@stand-in
         problems = _invalid_class(obj)
         if problems:
             return 422, _status(422, "Invalid", "; ".join(problems))
+        if not self.extended_resource_gate:
+            obj.get("spec", {}).pop("extendedResourceName", None)
         meta = obj["metadata"]
         meta["resourceVersion"] = self._bump()
         meta.setdefault("uid", f"uid-class-{meta['name']}")

@@ -210,6 +210,28 @@ def test_rbac_refusal_is_reported_and_retried_and_a_compacted_watch_lists_again(
     run(scenario())
 
 
+def test_a_server_without_extended_resources_is_said_once_and_not_rewritten(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        api = FakeApiServer(extended_resource_gate=False)  # Kubernetes 1.34/1.35 by default
+        await api.start()
+        try:
+            api.put_slice(node_slice("node-a", device("ttyusb0", "smarter-devices/ttyUSB0")))
+            async with controller(tmp_path, api) as (proc, port):
+                await wait_for(lambda: TTY in api.classes, DEADLINE, "class")
+                await wait_for(lambda: "DRAExtendedResource feature is off" in proc.log, DEADLINE, "said")
+                api.put_slice(node_slice("node-b", device("gps", "smarter-devices/gps")))  # more events
+                await wait_for(lambda: "smarter-devices.io-gps" in api.classes, DEADLINE, "second class")
+                in_sync = "smarter_device_manager_dra_classes_in_sync 1"
+                await wait_for(lambda: in_sync in http(port, "/metrics")[1], DEADLINE, "in sync")
+                assert class_writes(api, TTY) == ["create"]
+                assert class_writes(api, "smarter-devices.io-gps") == ["create"]
+                assert proc.log.count("DRAExtendedResource feature is off") == 1
+        finally:
+            await api.stop()
+
+    run(scenario())
+
+
 _SELECTOR = re.compile(r'device\.driver == "([^"]+)" && '
                        r'device\.attributes\["([^"]+)"\]\.resource == "([^"]+)"')
 

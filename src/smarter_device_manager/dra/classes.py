@@ -200,10 +200,19 @@ def managed(obj: Mapping[str, Any], driver: str) -> bool:
     return all(found.get(k) == v for k, v in labels(driver).items())
 
 
-def _same(held: Mapping[str, Any], want: Mapping[str, Any]) -> bool:
+def resource_of(obj: Mapping[str, Any]) -> str | None:
+    """The extended resource name a class of ours maps (the annotation, if the server dropped the
+    field)."""
+    found = (obj.get("spec") or {}).get("extendedResourceName") or \
+        ((obj.get("metadata") or {}).get("annotations") or {}).get(RESOURCE_ANNOTATION)
+    return str(found) if found else None
+
+
+def _same(held: Mapping[str, Any], want: Mapping[str, Any], gate_off: bool) -> bool:
     spec, meta = held.get("spec") or {}, held.get("metadata") or {}
-    return (spec.get("selectors") == want["spec"]["selectors"]
-            and spec.get("extendedResourceName") == want["spec"]["extendedResourceName"]
+    resource_ok = spec.get("extendedResourceName") == want["spec"]["extendedResourceName"] or (
+        gate_off and "extendedResourceName" not in spec)
+    return (spec.get("selectors") == want["spec"]["selectors"] and resource_ok
             and not spec.get("config")
             and all((meta.get("labels") or {}).get(k) == v for k, v in want["metadata"]["labels"].items())
             and (meta.get("annotations") or {}).get(RESOURCE_ANNOTATION)
@@ -211,10 +220,12 @@ def _same(held: Mapping[str, Any], want: Mapping[str, Any]) -> bool:
 
 
 def plan(driver: str, wanted: Mapping[str, dict[str, Any]],
-         observed: Mapping[str, Mapping[str, Any]]) -> Plan:
+         observed: Mapping[str, Mapping[str, Any]], gate_off: bool = False) -> Plan:
     """The writes that make the classes we manage equal ``wanted``, leaving every other class alone.
 
     ``observed`` is every DeviceClass in the cluster (foreign ones are read only to avoid them).
+    ``gate_off``: the API server drops ``spec.extendedResourceName`` (DRAExtendedResource off, as
+    by default before 1.36); a class without it is then as good as it gets, not rewritten for ever.
     """
     writes: list[Write] = []
     notes: list[str] = []
@@ -240,7 +251,7 @@ def plan(driver: str, wanted: Mapping[str, dict[str, Any]],
         keep.add(name)
         if held is None:
             writes.append(Write("create", name, dict(want), f"{resource} is on a node"))
-        elif not _same(held, want):
+        elif not _same(held, want, gate_off):
             held_meta = held.get("metadata") or {}
             body = {**want, "metadata": {
                 **want["metadata"], "resourceVersion": held_meta.get("resourceVersion", ""),
@@ -248,7 +259,7 @@ def plan(driver: str, wanted: Mapping[str, dict[str, Any]],
             writes.append(Write("update", name, body, "it differs from what the controller wants"))
     for name, obj in sorted(observed.items()):
         if name not in keep and managed(obj, driver):
-            resource = (obj.get("spec") or {}).get("extendedResourceName")
+            resource = resource_of(obj)
             writes.append(Write("delete", name, None, f"no node has had {resource} for the grace period"
                                 if name not in wanted else f"{resource} is left to another class"))
     return Plan(tuple(writes), tuple(notes))
@@ -292,6 +303,7 @@ class ClassController:
         self.error: str | None = None
         self.in_sync = False
         self.resources: Mapping[str, frozenset[str]] = {}
+        self.gate_off = False  # the server drops spec.extendedResourceName
         self._wake = asyncio.Event()
         self._missing_since: dict[str, float] = {}
         self._said: set[str] = set()
@@ -343,10 +355,10 @@ class ClassController:
         if found.resources.keys() != self.resources.keys():
             log.info("extended resources on the nodes: %s", ", ".join(found.resources) or "none")
         self.resources = found.resources
-        held = [str((c.get("spec") or {}).get("extendedResourceName")) for c in self.classes.objects.values()
-                if managed(c, self.driver) and (c.get("spec") or {}).get("extendedResourceName")]
+        held = [r for c in self.classes.objects.values() if managed(c, self.driver)
+                and (r := resource_of(c)) is not None]
         keep, next_end = with_grace(found.resources, self._missing_since, held, self.clock(), self.grace)
-        result = plan(self.driver, desired(self.driver, keep), self.classes.objects)
+        result = plan(self.driver, desired(self.driver, keep), self.classes.objects, self.gate_off)
         self._say(found.problems + result.notes)
         return result, next_end
 
@@ -387,11 +399,18 @@ class ClassController:
                 if not exc.not_found:
                     raise
             self.classes.dropped(write.name)
-        elif write.verb == "create":
-            self.classes.took(await self.client.request(
-                "POST", path_of(API_VERSION, "deviceclasses"), write.body, verb="create", resource=CLASSES))
         else:
-            self.classes.took(await self.client.request("PUT", path, write.body, verb="update",
-                                                        resource=CLASSES))
+            if write.verb == "create":
+                stored = await self.client.request("POST", path_of(API_VERSION, "deviceclasses"), write.body,
+                                                   verb="create", resource=CLASSES)
+            else:
+                stored = await self.client.request("PUT", path, write.body, verb="update", resource=CLASSES)
+            self.classes.took(stored)
+            if "extendedResourceName" not in (stored.get("spec") or {}) and not self.gate_off:
+                self.gate_off = True
+                log.error("the API server dropped spec.extendedResourceName of DeviceClass %s: its "
+                          "DRAExtendedResource feature is off (the default before Kubernetes 1.36), so "
+                          "pods asking in resources.limits are not served by DRA; the classes are kept "
+                          "for when it is on", write.name)
         self.metrics.inc("dra_class_writes_total", verb=write.verb)
         log.info("DeviceClass %s: %sd (%s)", write.name, write.verb, write.why)
