@@ -94,7 +94,7 @@ class DraDaemon:
         self.metrics.collectors.append(self._samples)
         self.client = KubeClient(cluster)
         self.cluster = cluster
-        self.paths = Paths(s.dev_dir, s.host_dev_dir)
+        self.paths = Paths(s.dev_dir, s.host_dev_dir, s.sys_dir)
         self.devices: dict[str, DraDevice] = {}
         self.checkpoint = Checkpoint(s.state_dir)
         self.node = NodeService(s.driver, s.node, self.client, lambda: self.devices, self.refresh_spec,
