@@ -553,3 +553,36 @@ def test_prepare_refuses_a_name_whose_node_is_another_device_now(tmp_path: Path)
         await client.close()
         await api.stop()
     _run(scenario())
+
+
+@needs_root
+def test_a_dra_name_never_goes_to_another_twin(tmp_path: Path) -> None:
+    """Two CP2102s with serial 0001 in a pool: the one alone is usb-serial-0001; unplugged, the other
+    alone is proposed that name, and must be published under another (a claim allocated against
+    the old slice names the first adapter)."""
+    from smarter_device_manager.dra.devices import keep_names
+
+    sys_dir = str(tmp_path / "sys")
+    sysfs = FakeSysfs(sys_dir)
+    dev = tmp_path / "dev"
+    config = _config(tmp_path, "- {name: usb-serial, pool: true, subsystem: tty, nummaxdevices: 1}\n")
+    bound: dict[str, str] = {}
+
+    def scan() -> dict[str, str]:
+        inventory = discover(str(dev), config, "smarter-devices", sys_dir)
+        devices = keep_names(dra_devices(inventory, "smarter-devices", str(dev), sys_dir)[0], bound)
+        return {d.name: d.fingerprint for d in devices}
+
+    a = sysfs.cp2102(port="1-1.3", node="ttyUSB0", minor=0)
+    mkdev(dev / "ttyUSB0", major=188, minor=0)
+    assert scan() == {"usb-serial-0001": "0001-usb-1-1.3"}
+    sysfs.unplug(a)
+    (dev / "ttyUSB0").unlink()
+    b = sysfs.cp2102(port="1-1.4", node="ttyUSB1", minor=1)
+    mkdev(dev / "ttyUSB1", major=188, minor=1)
+    assert scan() == {"usb-serial-0001-0001-usb-1-1-4": "0001-usb-1-1.4"}
+    sysfs.unplug(b)
+    (dev / "ttyUSB1").unlink()
+    sysfs.cp2102(port="1-1.3", node="ttyUSB2", minor=2)
+    mkdev(dev / "ttyUSB2", major=188, minor=2)
+    assert scan() == {"usb-serial-0001": "0001-usb-1-1.3"}

@@ -268,6 +268,24 @@ def _name_by_identity(devices: list[DraDevice], kernel_named: list[tuple[int, Id
         devices[at] = replace(devices[at], name=name)
 
 
+def keep_names(devices: list[DraDevice], bound: dict[str, str]) -> list[DraDevice]:
+    """A name published for one device is never published for another while this daemon runs.
+
+    ``bound`` (name -> fingerprint, owned by the daemon) remembers who had each name. Twins
+    (adapters sharing a serial) are named from each scan: when the one named ``...-0001`` is
+    unplugged the other is proposed that name, and a claim allocated against the old slice would
+    be prepared with the wrong adapter. A device whose name belongs to another fingerprint is
+    published as ``<name>-<its fingerprint>`` instead; the owner coming back gets its name back.
+    """
+    result: list[DraDevice] = []
+    for device in devices:
+        if device.fingerprint and bound.setdefault(device.name, device.fingerprint) != device.fingerprint:
+            device = replace(device, name=label(f"{device.name}-{device.fingerprint}"))
+            bound.setdefault(device.name, device.fingerprint)
+        result.append(device)
+    return sorted(result, key=lambda d: d.name)
+
+
 def _device(name: str, resource: Resource, attributes: dict[str, Attribute],
             nodes: tuple[DeviceNode, ...], member: Member | None = None, fingerprint: str = "") -> DraDevice:
     return DraDevice(name, resource, tuple(sorted(attributes.items())), nodes, member, fingerprint)
