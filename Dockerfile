@@ -55,7 +55,8 @@ RUN python3 -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb")
 
 # Then the package itself (pure Python, nothing generated at build time), pip and setuptools
 # out of the venv, and the runtime's root filesystem assembled in /rootfs (the script runs the
-# CLI's commands, serve included, to find what is really imported: a smoke test of the build).
+# CLI's subcommands, serve and dra included, to find what is really imported: a smoke test of
+# the build; dra runs against tests/fake_apiserver.py, the one test file in the context).
 COPY . ./
 RUN /opt/venv/bin/pip install --no-cache-dir --no-compile --no-deps . \
  && /opt/venv/bin/pip uninstall --yes pip setuptools \
@@ -70,7 +71,7 @@ FROM scratch
 
 COPY --from=builder /rootfs /
 
-ARG VERSION=2.0.0
+ARG VERSION=2.1.0
 ARG REVISION=unknown
 ARG SOURCE=https://github.com/smarter-project/smarter-device-manager
 LABEL org.opencontainers.image.title="smarter-device-manager" \

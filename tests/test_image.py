@@ -301,11 +301,13 @@ def dockerignored(path: str, patterns: list[str]) -> bool:
 def test_dockerignore_keeps_what_the_build_reads() -> None:
     patterns = [ln.strip() for ln in DOCKERIGNORE.read_text().splitlines()
                 if ln.strip() and not ln.strip().startswith("#")]
+    # tests/fake_apiserver.py: image-rootfs.py runs `dra` against it in the build.
     for needed in ("pyproject.toml", "constraints.txt", EMBEDDED_CONFIG, "scripts/image-rootfs.py",
-                   "src/smarter_device_manager/cli.py",
+                   "tests/fake_apiserver.py", "src/smarter_device_manager/cli.py",
                    "src/smarter_device_manager/api/messages.py"):
         assert not dockerignored(needed, patterns), f"{needed} is excluded from the context"
-    for unwanted in (".git/config", "tests/test_image.py", "docs/image.md", "scripts/test.sh",
+    for unwanted in (".git/config", "tests/test_image.py", "tests/conftest.py",
+                     "tests/kubelet_dra_standin.py", "docs/image.md", "scripts/test.sh",
                      ".github/workflows/release.yml", ".venv-tools/bin/checkov",
                      "src/smarter_device_manager/__pycache__/cli.cpython-311.pyc"):
         assert dockerignored(unwanted, patterns), f"{unwanted} would be sent to the build"
@@ -363,13 +365,15 @@ def test_built_image_size_labels_and_version(platform: str) -> None:
     assert out == f"rc=0\nsmarter-device-manager {labels['org.opencontainers.image.version']}\n"
 
 
-def test_built_image_has_no_shell_pip_or_ssl() -> None:
+def test_built_image_has_no_shell_or_pip_and_has_ssl_for_dra() -> None:
+    """ssl is there (DRA mode's API client needs it, with libssl); pip, protobuf, a shell not."""
     cmd = podman()
     assert run_image(cmd, "-c", "true", entrypoint="/bin/sh").startswith("rc=1")  # not found
     out = run_image(cmd, "-c", "import importlib.util as u; print([bool(u.find_spec(m)) for m in "
-                    "('pip', 'setuptools', 'ssl', 'google', 'yaml', 'grpclib', 'ctypes')])",
+                    "('pip', 'setuptools', 'google', 'yaml', 'grpclib', 'ctypes', 'ssl')]); "
+                    "import ssl; print(ssl.OPENSSL_VERSION.split()[0])",
                     entrypoint="/opt/venv/bin/python")
-    assert out == "rc=0\n[False, False, False, False, True, True, True]\n"
+    assert out == "rc=0\n[False, False, False, True, True, True, True]\nOpenSSL\n"
 
 
 def test_built_image_lists_devices_read_only(tmp_path: Path) -> None:

@@ -259,9 +259,9 @@ def test_check_tag_accepts_the_current_version_only() -> None:
         assert run_script("check-tag", f"v{version}").startswith(f"v{version}: ")
 
 
-def test_changelog_has_the_next_release_and_notes_extracts_it() -> None:
+def test_changelog_has_the_release_and_notes_extracts_it() -> None:
     changelog = (ROOT / "CHANGELOG.md").read_text()
-    assert re.search(r"^## \[2\.1\.0\] - Unreleased$", changelog, re.M)
+    assert re.search(r"^## \[2\.1\.0\] - 2026-12-03$", changelog, re.M)
     notes = run_script("notes", "--version", "2.1.0")
     assert "ghcr.io" in notes and "helm repo add" in notes
     assert not re.search(r"^## ", notes, re.M)  # one section only
