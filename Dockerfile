@@ -15,11 +15,13 @@
 # records it in the image's org.opencontainers.image.base.digest label.
 FROM debian:trixie-slim AS builder
 
-# Debian's package versions are not pinned on purpose: trixie(-security) replaces them in place,
-# so a pinned version stops building at the next point release. The base digest is the pin.
+# openssl (the command, builder only): scripts/image-rootfs.py makes a certificate with it, to
+# run `dra` over TLS as on a real cluster. Debian's package versions are not pinned on purpose:
+# trixie(-security) replaces them in place, so a pinned version stops building at the next
+# point release. The base digest is the pin.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv \
+ && apt-get install -y --no-install-recommends python3 python3-venv openssl \
  && rm -rf /var/lib/apt/lists/*
 
 # PyPI has no 32-bit ARM wheels for PyYAML: pip builds it from source there. Keep that a

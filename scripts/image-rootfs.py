@@ -103,11 +103,15 @@ def package_modules(site: Path) -> list[Path]:
     return sorted((site / PACKAGE).rglob("*.py"))
 
 
-def static_closure(site: Path) -> dict[str, Path]:
-    """Module name -> file, for everything any import statement can reach (minus EXCLUDED)."""
+def static_closure(site: Path, codecs: list[Path]) -> dict[str, Path]:
+    """Module name -> file, for everything any import statement of the package or of the
+    shipped codecs can reach (minus EXCLUDED). The codecs count: ``encodings.idna``, which
+    ``ssl`` uses for every server name, imports ``stringprep`` and ``unicodedata``."""
     finder = modulefinder.ModuleFinder(path=sys.path, excludes=sorted(EXCLUDED))
     for path in package_modules(site):
         finder.run_script(str(path))
+    for path in codecs:  # by name: they are a package's modules, with relative imports
+        finder.import_hook("encodings" if path.stem == "__init__" else f"encodings.{path.stem}")
     found: dict[str, Path] = {}
     for name, module in finder.modules.items():
         file = getattr(module, "__file__", None)
@@ -251,10 +255,15 @@ def _trace_dra(traced_python: list[str], env: dict[str, str], work: Path) -> Non
     registry = work / "plugins_registry"
     port = _free_port()
 
+    tls, ca = _tls(work)
+
     async def scenario() -> str:
         api = FakeApiServer()
-        await api.start()
+        await api.start(tls=tls)
         kubeconfig = api.kubeconfig(str(work / "kubeconfig"))
+        text = Path(kubeconfig).read_text()  # the CA inline, as kubeadm writes it
+        Path(kubeconfig).write_text(text.replace(
+            f'server: "{api.url}"', f'server: "{api.url}", certificate-authority-data: {ca}'))
         api.add_claim("default", "build", "uid-build", [
             {"request": "dev", "driver": DRA_DRIVER, "pool": DRA_NODE, "device": "null"}])
         proc = subprocess.Popen(
@@ -300,6 +309,25 @@ def _trace_dra(traced_python: list[str], env: dict[str, str], work: Path) -> Non
     problem = asyncio.run(scenario())
     if problem:
         sys.exit(problem)
+
+
+def _tls(work: Path) -> tuple[Any, str]:
+    """A server context for 127.0.0.1 and its certificate (base64), made with the openssl
+    command (the builder installs it): ``dra`` talks TLS to every real API server, so the
+    traced run must too (2.1.0's first image shipped ``ssl`` without the ``idna`` codec that
+    ``ssl`` needs for a server name: plain HTTP never asked for it)."""
+    import base64
+    import ssl
+
+    if shutil.which("openssl") is None:
+        sys.exit("the openssl command is needed to trace dra over TLS (apt-get install openssl)")
+    key, cert = work / "apiserver.key", work / "apiserver.crt"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert), str(key))
+    return context, base64.b64encode(cert.read_bytes()).decode()
 
 
 async def _until(probe: Callable[[], Any], deadline: float, proc: subprocess.Popen[str]) -> Any:
@@ -448,9 +476,11 @@ def main() -> None:
     dest.mkdir(parents=True, exist_ok=True)
     seen: set[str] = set()
 
-    closure = static_closure(site)
     with tempfile.TemporaryDirectory() as tmp:
         traced = traced_imports(venv, Path(tmp))
+    codecs = [path for path in sorted((stdlib / "encodings").glob("*.py"))
+              if path.stem in BASE_CODECS or f"encodings.{path.stem}" in traced]
+    closure = static_closure(site, codecs)
     builtin = set(sys.builtin_module_names)
     missing = sorted(n for n in traced if n not in closure and n not in builtin
                      and not n.startswith("encodings") and n not in ("__main__",)
@@ -474,10 +504,8 @@ def main() -> None:
             if init is not None:
                 files.setdefault(init, parent in traced)
             parent = parent.rpartition(".")[0]
-    for path in sorted((stdlib / "encodings").glob("*.py")):
-        used = f"encodings.{path.stem}" in traced
-        if used or path.stem in BASE_CODECS:
-            files.setdefault(path, used or path.stem == "__init__")
+    for path in codecs:
+        files.setdefault(path, f"encodings.{path.stem}" in traced or path.stem == "__init__")
     for landmark in ("os.py",):
         files.setdefault(stdlib / landmark, "os" in traced)
 
