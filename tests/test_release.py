@@ -272,7 +272,7 @@ def test_releasing_doc_has_the_bump_procedure() -> None:
     doc = (ROOT / "docs" / "releasing.md").read_text()
     for needle in ("pyproject.toml", "src/smarter_device_manager/__init__.py", "Chart.yaml",
                    "CHANGELOG.md", "deploy/", "git tag", "check-tag", "helm repo add",
-                   "gh-pages"):
+                   "gh-pages", "release-check.sh", "RELEASE-CHECK: PASS"):
         assert needle in doc, f"docs/releasing.md does not mention {needle}"
 
 
