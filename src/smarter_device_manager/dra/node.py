@@ -29,7 +29,6 @@ import contextlib
 import json
 import logging
 import os
-import stat
 from collections.abc import Callable
 from typing import Any
 
@@ -37,7 +36,7 @@ from grpclib.server import Stream
 
 from smarter_device_manager import cdi
 from smarter_device_manager.api import dra as pb
-from smarter_device_manager.discovery import KIND_DIRECTORY, directory_nodes
+from smarter_device_manager.discovery import KIND_DIRECTORY, directory_nodes, node_problem
 from smarter_device_manager.dra.devices import DraDevice, Paths, claim_cdi_devices
 from smarter_device_manager.dra.kube import KubeClient, KubeError, path_of
 from smarter_device_manager.dra.slices import API_VERSION
@@ -240,21 +239,23 @@ class NodeService(pb.DRAPluginService):
         return prepared
 
     def _check_nodes(self, who: str, device: DraDevice) -> None:
-        """Every node must still be a device node: it may have gone or been replaced since the scan."""
+        """Every node must still be a device node inside the dev dir: it may have gone or been
+        replaced since the scan, or a directory on its way swapped for a symlink to somewhere
+        else. The same descriptor walk as device-plugin mode's Allocate (discovery.node_problem,
+        discovery.directory_nodes; docs/decisions.md "Allocate checks containment with
+        descriptors"), so a swap is refused, never followed out of the dev dir."""
         nodes = device.nodes
         if device.resource.kind == KIND_DIRECTORY:
-            nodes, _ = directory_nodes(self.paths.dev_dir, device.resource.path)
+            nodes, problems = directory_nodes(self.paths.dev_dir, device.resource.path)
+            for problem in problems:
+                log.warning("%s: device %s: %s", who, device.name, problem)
             if not nodes:
-                raise PrepareError(f"{who}: {device.where} holds no device nodes any more")
+                why = "; ".join(problems) or f"{device.where} holds no device nodes any more"
+                raise PrepareError(f"{who}: device {device.name}: {why}")
         for node in nodes:
-            try:
-                mode = os.lstat(os.path.join(self.paths.dev_dir, node.source)).st_mode
-            except OSError as exc:
-                raise PrepareError(f"{who}: device {device.name}: /dev/{node.source} {exc.strerror} "
-                                   "(unplugged?)") from None
-            if not (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)):
-                raise PrepareError(f"{who}: device {device.name}: /dev/{node.source} is no longer a "
-                                   "device node")
+            refused = node_problem(self.paths.dev_dir, node.source)
+            if refused is not None:
+                raise PrepareError(f"{who}: device {device.name}: {refused}")
 
     def _restore_claim_spec(self, uid: str, known: dict[str, Any]) -> None:
         """A prepared claim asked again: its claim spec must still be there (someone may have
