@@ -192,8 +192,8 @@ def test_publishes_registers_prepares_and_unprepares(node: Node, tmp_path: Path)
             status, text = dra.http("/metrics")
             assert 'smarter_device_manager_dra_prepares_total{result="success"} 3' in text
             assert "smarter_device_manager_dra_prepared_claims 2" in text
-            status, text = dra.http("/readyz")
-            assert status == 200, text
+            # ready once the slice watch is running too, which may come after the prepares
+            await wait_for(lambda: dra.http("/readyz")[0] == 200, 30, "ready")
 
             # unprepare: the claim spec goes, and asking again is fine
             gone = await dra.kubelet.unprepare(DRIVER, ("default", "pair", "uid-pair"))
@@ -261,6 +261,10 @@ def test_kubelet_restart_wipe_and_foreign_edits_are_repaired(node: Node, tmp_pat
     run(scenario())
 
 
+def _api_error_shown(status: int, text: str) -> bool:
+    return status == 503 and "API server:" in text and "503" in text
+
+
 def test_daemon_restart_keeps_prepared_claims_even_without_the_api_server(node: Node, tmp_path: Path) -> None:
     async def scenario() -> None:
         make_devices(node, tmp_path / "sys")
@@ -279,8 +283,8 @@ def test_daemon_restart_keeps_prepared_claims_even_without_the_api_server(node: 
             again = await dra.kubelet.prepare(DRIVER, ("default", "tty", "uid-tty"))
             assert again.claims["uid-tty"] == first.claims["uid-tty"]
             assert "from the checkpoint" in dra.proc.log
-            status, text = dra.http("/readyz")
-            assert status == 503 and "API server:" in text and "503" in text
+            # the daemon says so once it has met the error (not at once: wait for it)
+            await wait_for(lambda: _api_error_shown(*dra.http("/readyz")), 30, "/readyz shows the 503")
             # a new claim cannot be prepared, with a message saying why
             api.add_claim("default", "new", "uid-new", [
                 {"request": "r", "driver": DRIVER, "pool": NODE, "device": "video0"}])
