@@ -189,7 +189,7 @@ def test_publishes_registers_prepares_and_unprepares(node: Node, tmp_path: Path)
             assert [list(d.cdi_device_ids) for d in again.claims["uid-pair"].devices] == ids
             assert len([r for r in api.requests if "resourceclaims" in r[1]]) == reads
 
-            status, text = dra.http("/metrics")
+            _, text = dra.http("/metrics")
             assert 'smarter_device_manager_dra_prepares_total{result="success"} 3' in text
             assert "smarter_device_manager_dra_prepared_claims 2" in text
             # ready once the slice watch is running too, which may come after the prepares
