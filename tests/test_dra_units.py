@@ -21,7 +21,7 @@ from smarter_device_manager.config import load_config
 from smarter_device_manager.discovery import discover
 from smarter_device_manager.dra import kube
 from smarter_device_manager.dra.devices import DraDevice, dra_devices, label
-from smarter_device_manager.dra.node import Checkpoint
+from smarter_device_manager.dra.node import Checkpoint, entry_problem
 from smarter_device_manager.dra.slices import Echo, desired_specs, device_entry, plan, slice_name
 from smarter_device_manager.rules import Config
 
@@ -342,6 +342,63 @@ def test_checkpoint_round_trips_and_sets_a_damaged_file_aside(tmp_path: Path) ->
     other = Checkpoint(str(tmp_path))
     other.load()
     assert other.claims == {}
+
+
+def test_checkpoint_sets_a_bad_entry_aside_and_keeps_the_rest(tmp_path: Path) -> None:
+    good = {"namespace": "n", "name": "c", "devices": [
+        {"requests": ["r"], "pool": "n1", "device": "video0", "cdi": ["d.io/device=video0"]}]}
+    bad = {
+        "x": {"devices": []},  # the entry that crashed every start (KeyError: 'namespace')
+        "y": {"namespace": "n", "name": "c2", "devices": [{"pool": "n1", "device": "v"}]},
+        "z": {"namespace": "n", "name": "c3", "devices": [
+            {"requests": "r", "pool": "n1", "device": "v", "cdi": []}]},
+        "w": ["not", "an", "object"],
+    }
+    path = tmp_path / "checkpoint.json"
+    path.write_text(json.dumps({"version": 1, "claims": {"u": good, **bad}}))
+    checkpoint = Checkpoint(str(tmp_path))
+    checkpoint.load()
+    assert checkpoint.claims == {"u": good}
+    assert json.loads((tmp_path / "checkpoint.json.damaged").read_text())["claims"] == bad
+    assert json.loads(path.read_text())["claims"] == {"u": good}, "the checkpoint keeps the good one"
+    for uid, entry in bad.items():
+        assert entry_problem(entry) is not None, uid
+
+
+@needs_root
+def test_daemon_starts_with_a_bad_checkpoint_entry(tmp_path: Path) -> None:
+    """The daemon's start reads every entry; a bad one must not stop it (it crashed at each start)."""
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "checkpoint.json").write_text('{"version": 1, "claims": {"x": {"devices": []}}}')
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "cdi").mkdir()
+    (tmp_path / "c.yaml").write_text("[]\n")
+
+    async def scenario() -> None:
+        api = FakeApiServer()
+        await api.start()
+        kubeconfig = api.kubeconfig(str(tmp_path / "kc"))
+        daemon = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "smarter_device_manager", "dra", "--node-name", "n1", "--kubeconfig",
+            kubeconfig, "--dev-dir", str(tmp_path / "dev"), "--config", str(tmp_path / "c.yaml"),
+            "--kubelet-plugins-dir", str(tmp_path / "plugins"), "--kubelet-registry-dir",
+            str(tmp_path / "registry"), "--cdi-dir", str(tmp_path / "cdi"), "--state-dir",
+            str(tmp_path / "state"), "--sys-dir", str(tmp_path / "sys"),
+            stderr=asyncio.subprocess.PIPE)
+        assert daemon.stderr is not None
+        log = b""
+        try:
+            while b"registering through" not in log:
+                line = await asyncio.wait_for(daemon.stderr.readline(), 30)
+                assert line, f"the daemon ended: {log.decode()}"
+                log += line
+        finally:
+            if daemon.returncode is None:
+                daemon.terminate()
+            await daemon.wait()
+            await api.stop()
+        assert "claim x is not usable (no string 'namespace')" in log.decode()
+    _run(scenario())
 
 
 # --- the dra subcommand ------------------------------------------------------------------------------------

@@ -78,7 +78,29 @@ class Checkpoint:
                 not isinstance(doc.get("claims"), dict):
             log.error("checkpoint %s has an unknown format; ignoring it", self.path)
             return
-        self.claims = doc["claims"]
+        bad: dict[str, Any] = {}
+        for uid, entry in doc["claims"].items():
+            problem = entry_problem(entry)
+            if problem is None:
+                self.claims[uid] = entry
+            else:
+                bad[uid] = entry
+                log.warning("checkpoint %s: claim %s is not usable (%s); set aside in %s, the kubelet "
+                            "prepares it again", self.path, uid, problem, self.path + ".damaged")
+        if bad:
+            self._set_aside(bad)
+
+    def _set_aside(self, bad: dict[str, Any]) -> None:
+        """Keep the unusable entries for a human (``<checkpoint>.damaged``), the good ones in the
+        checkpoint: one bad entry must not cost the others, nor crash every start."""
+        aside = self.path + ".damaged"
+        try:
+            with open(aside, "w", encoding="utf-8") as handle:
+                json.dump({"version": CHECKPOINT_VERSION, "claims": bad}, handle, sort_keys=True)
+            self.save()
+        except OSError as exc:
+            log.error("checkpoint %s: cannot set the unusable claims aside (%s); they stay out of "
+                      "memory only", self.path, exc.strerror or exc)
 
     def save(self) -> None:
         """Write a temp file and rename it over the checkpoint: a daemon that dies at any moment
@@ -99,6 +121,38 @@ class Checkpoint:
         finally:
             os.close(fd)
         os.replace(tmp, self.path)
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def entry_problem(entry: Any) -> str | None:
+    """What is wrong with one checkpoint entry (as ``prepare`` writes it), or None.
+
+    Checked on load because everything after trusts the shape: an entry written by another
+    version, or edited by hand, must be refused here rather than raise later in every start.
+    """
+    if not isinstance(entry, dict):
+        return "not an object"
+    for key in ("namespace", "name"):
+        if not isinstance(entry.get(key), str):
+            return f"no string {key!r}"
+    devices = entry.get("devices")
+    if not isinstance(devices, list):
+        return "no list 'devices'"
+    for number, device in enumerate(devices):
+        if not isinstance(device, dict):
+            return f"devices[{number}] is not an object"
+        for key in ("pool", "device"):
+            if not isinstance(device.get(key), str):
+                return f"devices[{number}] has no string {key!r}"
+        for key in ("requests", "cdi"):
+            if not _strings(device.get(key)):
+                return f"devices[{number}] has no list of strings {key!r}"
+        if "share" in device and not isinstance(device["share"], str):
+            return f"devices[{number}].share is not a string"
+    return None
 
 
 def claim_spec_file(driver: str, uid: str) -> str:
