@@ -106,8 +106,11 @@ def make_devices(node: Node, sys_root: Path) -> FakeSysfs:
 
 
 @asynccontextmanager
-async def dra_node(node: Node, sys_root: Path, config: str = CONFIG) -> AsyncIterator[Dra]:
+async def dra_node(node: Node, sys_root: Path, config: str = CONFIG,
+                   cdi_dir: bool = True) -> AsyncIterator[Dra]:
     node.write_config(config)
+    if cdi_dir:  # the host's, mounted by the chart (hostPath DirectoryOrCreate); never the daemon's job
+        (node.root / "cdi").mkdir(exist_ok=True)
     api = FakeApiServer()
     await api.start()
     kubelet = KubeletDraStandin(str(node.root / "plugins_registry"), NODE, api)
@@ -337,4 +340,31 @@ def test_sigterm_removes_sockets_and_keeps_slices(node: Node, tmp_path: Path) ->
             assert not os.path.exists(node.root / "plugins_registry" / f"{DRIVER}-reg.sock")
             assert not os.path.exists(node.root / "plugins" / DRIVER / "dra.sock")
             assert dra.api.slices, "slices stay for a restart; the kubelet wipes them if we never return"
+    run(scenario())
+
+
+def test_a_missing_cdi_dir_is_reported_not_created(node: Node, tmp_path: Path) -> None:
+    """As in device-plugin mode: the daemon never creates the CDI directory (one the runtime does
+    not read would make every CDI name unresolvable); it says so in /readyz and in each prepare,
+    and serves as soon as the directory is there."""
+    async def scenario() -> None:
+        make_devices(node, tmp_path / "sys")
+        async with dra_node(node, tmp_path / "sys", cdi_dir=False) as dra:
+            api = dra.api
+            await wait_for(lambda: set(api.devices(NODE)) == EXPECTED_NAMES, 10)
+            await wait_for(lambda: "does not exist" in dra.http("/readyz")[1], 30, "/readyz: the CDI dir")
+            status, text = dra.http("/readyz")
+            assert status == 503 and f"CDI directory {dra.cdi} does not exist" in text
+            assert not dra.cdi.exists()
+            api.add_claim("default", "cam", "uid-cam", [
+                {"request": "r", "driver": DRIVER, "pool": NODE, "device": "video0"}])
+            failed = await dra.kubelet.prepare(DRIVER, ("default", "cam", "uid-cam"))
+            assert f"CDI directory {dra.cdi} does not exist" in failed.claims["uid-cam"].error
+            assert not dra.cdi.exists()
+            dra.cdi.mkdir()
+            answer = await dra.kubelet.prepare(DRIVER, ("default", "cam", "uid-cam"))
+            assert answer.claims["uid-cam"].error == ""
+            spec = json.loads((dra.cdi / f"{DRIVER}-device.json").read_text())
+            assert "video0" in {d["name"] for d in spec["devices"]}
+            await wait_for(lambda: dra.http("/readyz")[0] == 200, 30, "ready once the CDI dir is there")
     run(scenario())

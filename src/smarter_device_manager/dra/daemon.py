@@ -24,7 +24,7 @@ from smarter_device_manager.config import reread
 from smarter_device_manager.discovery import KIND_DIRECTORY, directory_nodes, discover
 from smarter_device_manager.dra.devices import DraDevice, Paths, cdi_device, dra_devices
 from smarter_device_manager.dra.kube import Cluster, KubeClient
-from smarter_device_manager.dra.node import Checkpoint, NodeService
+from smarter_device_manager.dra.node import Checkpoint, NodeService, cdi_dir_problem
 from smarter_device_manager.dra.publisher import Publisher
 from smarter_device_manager.dra.registration import Registration
 from smarter_device_manager.grpcserver import UnixServer
@@ -102,6 +102,7 @@ class DraDaemon:
         self.publisher = Publisher(self.client, s.node, s.driver, self.metrics)
         self.registered = False
         self.registration_error = ""
+        self.cdi_error: str | None = None
         self._dra_server = UnixServer(self.node, s.endpoint)
         self._reg_server = UnixServer(Registration(s.driver, s.endpoint, self._registration),
                                         s.registration_socket)
@@ -171,7 +172,10 @@ class DraDaemon:
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.hangup)
         s = self.settings
-        for directory in (s.registry_dir, os.path.dirname(s.endpoint), s.cdi_dir, s.state_dir):
+        # Not the CDI directory: as in device-plugin mode (deviceplugin/cdisync.py), one the
+        # container runtime does not read would make every CDI name unresolvable, so a missing
+        # one is reported (log, /readyz, the failed prepares) rather than created.
+        for directory in (s.registry_dir, os.path.dirname(s.endpoint), s.state_dir):
             os.makedirs(directory, exist_ok=True)
         self.checkpoint.load()
         if self.checkpoint.claims:
@@ -305,13 +309,21 @@ class DraDaemon:
                 continue
             good.append(entry)
         file_name = cdi.spec_file_name(kind)
-        try:
-            if good:
-                cdi.write_spec(s.cdi_dir, file_name, cdi.build_spec(kind, good))
-            else:
-                cdi.remove_spec(s.cdi_dir, file_name)
-        except (OSError, cdi.CdiError) as exc:
-            log.error("cannot write the CDI spec %s/%s: %s", s.cdi_dir, file_name, exc)
+        problem = cdi_dir_problem(s.cdi_dir)
+        if problem is None:
+            try:
+                if good:
+                    cdi.write_spec(s.cdi_dir, file_name, cdi.build_spec(kind, good))
+                else:
+                    cdi.remove_spec(s.cdi_dir, file_name)
+            except (OSError, cdi.CdiError) as exc:
+                problem = f"cannot write the CDI spec {s.cdi_dir}/{file_name}: {exc}"
+        if problem != self.cdi_error:
+            if problem is not None:
+                log.error("%s", problem)
+            elif self.cdi_error is not None:
+                log.info("CDI spec %s/%s written again", s.cdi_dir, file_name)
+        self.cdi_error = problem
 
     # --- read-only views ---------------------------------------------------------------
     def _samples(self) -> list[Sample]:
@@ -335,6 +347,9 @@ class DraDaemon:
             reasons.append("not registered with the kubelet" + (
                 f": {self.registration_error}" if self.registration_error else
                 f" yet (waiting for its plugin watcher to find {self.settings.registration_socket})"))
+        cdi_problem = cdi_dir_problem(self.settings.cdi_dir) or self.cdi_error
+        if cdi_problem:
+            reasons.append(cdi_problem)
         if self.publisher.error:
             reasons.append(f"API server: {self.publisher.error}")
         elif self.registered and not self.publisher.in_sync:

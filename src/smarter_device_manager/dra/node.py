@@ -155,6 +155,17 @@ def entry_problem(entry: Any) -> str | None:
     return None
 
 
+def cdi_dir_problem(cdi_dir: str) -> str | None:
+    """Why no CDI spec can be written to ``cdi_dir``, or None. DRA mode never creates the
+    directory (no more than device-plugin mode does): one that the container runtime does not
+    read (a typo, a path not mounted from the host) would make every CDI name unresolvable."""
+    if os.path.isdir(cdi_dir):
+        return None
+    return (f"CDI directory {cdi_dir} does not exist: devices cannot be handed to containers; "
+            "create it (or mount the host's, where the container runtime reads CDI specs) or fix "
+            "--cdi-dir; the daemon does not create it")
+
+
 def claim_spec_file(driver: str, uid: str) -> str:
     return f"{driver}-claim_{uid}.json"
 
@@ -261,8 +272,15 @@ class NodeService(pb.DRAPluginService):
                                    "again")
             self._check_nodes(who, device)
             wanted.append((result, device))
-        if any(d.resource.kind == KIND_DIRECTORY for _, d in wanted):
-            self._refresh()  # the node-wide spec lists a directory's nodes as they are now
+        problem = cdi_dir_problem(self.cdi_dir)
+        if problem is not None:
+            raise PrepareError(f"{who}: {problem}")
+        if any(d.resource.kind == KIND_DIRECTORY for _, d in wanted) or (
+                any(d.member is None for _, d in wanted) and not os.path.exists(
+                    os.path.join(self.cdi_dir, cdi.spec_file_name(self.device_kind)))):
+            # the node-wide spec lists a directory's nodes as they are now; and it must be
+            # there at all (the CDI dir may have come after the last rescan, or been cleaned)
+            self._refresh()
         members = [d for _, d in wanted if d.member is not None]
         claim_devices = claim_cdi_devices(members, self.paths, self.prefix, claim.uid) if members else {}
         if claim_devices:
