@@ -16,7 +16,9 @@ ResourceClaims (namespaced) of ``resource.k8s.io/v1`` and answers, as the real o
 
 Faults to inject: ``fail_next`` (the next requests answer with these statuses), ``delay`` (every
 answer waits), ``forbid`` (RBAC: 403 with the real message for that verb and resource),
-``conflict_next`` (the next update meets a concurrent writer). ``wipe`` deletes a node's slices
+``conflict_next`` (the next update meets a concurrent writer), ``end_watches_at_once`` (every
+watch ends before its first event, as a misbehaving proxy does), ``compact`` (etcd compaction:
+older watches get 410 Gone), ``drop_watches`` (a restarted API server). ``wipe`` deletes a node's slices
 as the kubelet does when it starts. ``writes`` records every successful write with its time.
 """
 
@@ -62,6 +64,8 @@ class FakeApiServer:
     delay: float = 0.0
     forbid: set[tuple[str, str]] = field(default_factory=set)  # (verb, plural)
     conflict_next: int = 0
+    end_watches_at_once: bool = False  # a proxy that ends every watch before its first event
+    compacted: int = 0  # versions up to this one are gone from the history (410 Gone)
     version: int = 100
     history: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
     _watches: list[_Watch] = field(default_factory=list)
@@ -278,7 +282,11 @@ current-context: sdm@stand-in
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                      b"Transfer-Encoding: chunked\r\n\r\n")
         since = int(query.get("resourceVersion") or self.version)
-        if self.history and since < self.history[0][0] - 1:
+        if self.end_watches_at_once:
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+            return
+        if since < self.compacted or (self.history and since < self.history[0][0] - 1):
             _chunk(writer, {"type": "ERROR", "object": _status(410, "Expired", "too old resource version")})
             writer.write(b"0\r\n\r\n")
             await writer.drain()
@@ -305,6 +313,13 @@ current-context: sdm@stand-in
             await writer.drain()
         finally:
             self._watches.remove(watch)
+
+    def compact(self) -> None:
+        """Forget the history, as etcd's compaction does after other writes in the cluster: a
+        watch from an older resourceVersion then gets an ERROR event with code 410 (Gone)."""
+        self._bump()  # some other object changed since anything we hold
+        self.history.clear()
+        self.compacted = self.version
 
     def drop_watches(self) -> None:
         """Cut every watch connection (a restarted API server)."""

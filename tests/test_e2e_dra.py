@@ -368,3 +368,19 @@ def test_a_missing_cdi_dir_is_reported_not_created(node: Node, tmp_path: Path) -
             assert "video0" in {d["name"] for d in spec["devices"]}
             await wait_for(lambda: dra.http("/readyz")[0] == 200, 30, "ready once the CDI dir is there")
     run(scenario())
+
+
+def test_a_watch_that_ends_at_once_shows_in_readyz_and_metrics(node: Node, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        make_devices(node, tmp_path / "sys")
+        async with dra_node(node, tmp_path / "sys") as dra:
+            await wait_for(lambda: dra.http("/readyz")[0] == 200, 30, "ready")
+            dra.api.end_watches_at_once = True
+            dra.api.drop_watches()
+            await wait_for(lambda: "ended at once without any event" in dra.http("/readyz")[1], 30,
+                           "/readyz says the watch ends at once")
+            assert "smarter_device_manager_dra_watch_ended_empty_total " in dra.http("/metrics")[1]
+            dra.api.end_watches_at_once = False
+            mkdev(node.dev / "video5", major=81, minor=5)  # an event for the next watch to deliver
+            await wait_for(lambda: dra.http("/readyz")[0] == 200, 60, "ready again")
+    run(scenario())

@@ -49,6 +49,7 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "dra_slices_deleted_by_others_total": ("counter", "Our slices deleted by others (the kubelet at start)."),
     "dra_prepares_total": ("counter", "Claims prepared (NodePrepareResources), by result."),
     "dra_unprepares_total": ("counter", "Claims unprepared (NodeUnprepareResources), by result."),
+    "dra_watch_ended_empty_total": ("counter", "Slice watches that ended at once without any event."),
     "dra_api_errors_total": ("counter", "Failed API server calls, by verb and HTTP status (0: unreachable)."),
     "dra_registrations_total": ("counter", "Registration verdicts from the kubelet, by result."),
     "config_reloads_total": ("counter", "Config files read after start, by result."),
@@ -354,7 +355,9 @@ class DraDaemon:
             reasons.append(f"API server: {self.publisher.error}")
         elif self.registered and not self.publisher.in_sync:
             reasons.append("ResourceSlices not published yet")
-        if self.registered and not self.publisher.watching and not self.publisher.error:
+        if self.publisher.watch_problem:
+            reasons.append(self.publisher.watch_problem)
+        elif self.registered and not self.publisher.watching and not self.publisher.error:
             reasons.append("the watch on our ResourceSlices is not running")
         return reasons
 
