@@ -384,3 +384,57 @@ def test_a_watch_that_ends_at_once_shows_in_readyz_and_metrics(node: Node, tmp_p
             mkdev(node.dev / "video5", major=81, minor=5)  # an event for the next watch to deliver
             await wait_for(lambda: dra.http("/readyz")[0] == 200, 60, "ready again")
     run(scenario())
+
+
+CJK_MAKER = "深圳市沁恒微电子有限公司南京分公司制造的串口转换器"  # 25 characters, 75 bytes of UTF-8
+
+
+def test_what_the_api_server_would_refuse_never_stops_the_other_devices(node: Node, tmp_path: Path) -> None:
+    """A CJK manufacturer string (64 characters were cut, the server counts 64 bytes) and names that
+    collide even after one renaming (serials abc, ABC and abc-<the crc the renaming picks>) made the
+    API server refuse the node's whole slice: every device of the node was gone from DRA."""
+    import binascii
+
+    async def scenario() -> None:
+        sysfs = FakeSysfs(str(tmp_path / "sys"))
+        made = [sysfs.usb_serial("1-1.1", "ttyUSB1", 1, vid="1a86", pid="7523", manufacturer=CJK_MAKER,
+                                 product="USB Serial", serial="abc", driver="ch341"),
+                sysfs.usb_serial("1-1.2", "ttyUSB2", 2, vid="1a86", pid="7523", manufacturer=CJK_MAKER,
+                                 product="USB Serial", serial="ABC", driver="ch341")]
+        # what the one-pass renaming gave the second of the colliding two, as a serial of its own
+        crc = f"{binascii.crc32(b'/dev/ttyUSB2'):08x}"
+        made.append(sysfs.usb_serial("1-1.3", "ttyUSB3", 3, vid="1a86", pid="7523", manufacturer=None,
+                                     product="USB Serial", serial=f"abc-{crc}", driver="ch341"))
+        for device in made:
+            mkdev(node.dev / device.node, major=device.major, minor=device.minor)
+        mkdev(node.dev / "video0", major=81, minor=0)
+        config = """\
+- name: ch34x
+  pool: true
+  subsystem: tty
+  attributes: {idVendor: "1a86"}
+  nummaxdevices: 1
+- devicematch: ^video[0-9]*$
+  nummaxdevices: 1
+"""
+        async with dra_node(node, tmp_path / "sys", config) as dra:
+            await wait_for(lambda: len(dra.api.devices(NODE)) == 4, 30, "all four devices published")
+            published = dra.api.devices(NODE)
+            assert dra.api.rejected == [], dra.api.rejected
+            assert "video0" in published
+            makers = [d["attributes"]["manufacturer"]["string"] for d in published.values()
+                      if "manufacturer" in d["attributes"]]
+            assert len(makers) == 2
+            for maker in makers:
+                assert len(maker.encode()) <= 64 and CJK_MAKER.startswith(maker) and len(maker) == 21
+            await wait_for(lambda: dra.http("/readyz")[0] == 200, 30, "ready")
+            spec = json.loads((dra.cdi / f"{DRIVER}-device.json").read_text())
+            assert "video0" in {d["name"] for d in spec["devices"]}
+            # each of the three adapters can be prepared under its own name
+            members = sorted(n for n in published if n != "video0")
+            for number, name in enumerate(members):
+                dra.api.add_claim("default", f"c{number}", f"uid-{number}", [
+                    {"request": "r", "driver": DRIVER, "pool": NODE, "device": name}])
+                answer = await dra.kubelet.prepare(DRIVER, ("default", f"c{number}", f"uid-{number}"))
+                assert answer.claims[f"uid-{number}"].error == "", name
+    run(scenario())

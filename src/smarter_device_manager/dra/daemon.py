@@ -27,6 +27,7 @@ from smarter_device_manager.dra.kube import Cluster, KubeClient
 from smarter_device_manager.dra.node import Checkpoint, NodeService, cdi_dir_problem
 from smarter_device_manager.dra.publisher import Publisher
 from smarter_device_manager.dra.registration import Registration
+from smarter_device_manager.dra.slices import fit
 from smarter_device_manager.grpcserver import UnixServer
 from smarter_device_manager.http import HttpServer
 from smarter_device_manager.metrics import Metrics, Sample
@@ -272,6 +273,8 @@ class DraDaemon:
         if self._watcher is not None:
             self._watcher.sync_dev_dirs(inventory.directories)
         devices, problems = dra_devices(inventory, s.prefix, s.dev_dir, s.sys_dir)
+        devices, unfit = fit(devices)  # what the API server would refuse stays out, said
+        problems += unfit
         fresh = frozenset(inventory.problems) | frozenset(problems)
         for problem in sorted(fresh - self._problems):
             log.warning("%s", problem)
