@@ -123,7 +123,7 @@ current-context: sdm@stand-in
         self.claims[(namespace, name)] = {
             "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
             "metadata": {"namespace": namespace, "name": name, "uid": uid, "resourceVersion": self._bump()},
-            "spec": {"devices": {"requests": [{"name": r.get("request", "dev")} for r in results]}},
+            "spec": {"devices": {"requests": _requests(results)}},
             "status": {"allocation": {"devices": {"results": results}}},
         }
 
@@ -334,6 +334,22 @@ current-context: sdm@stand-in
         """Cut every watch connection (a restarted API server)."""
         for watch in self._watches:
             watch.queue.put_nowait(None)
+
+
+def _requests(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The claim's spec.devices.requests behind its allocation results: a result's ``req/sub``
+    comes from a request with ``firstAvailable`` subrequests (the allocator names the one it
+    chose, K/staging/src/k8s.io/dynamic-resource-allocation/structured/internal/stable/
+    allocator_stable.go:599-604)."""
+    requests: dict[str, dict[str, Any]] = {}
+    for result in results:
+        name, _, sub = str(result.get("request", "dev")).partition("/")
+        if not sub:
+            requests.setdefault(name, {"name": name, "exactly": {"deviceClassName": "d"}})
+            continue
+        request = requests.setdefault(name, {"name": name, "firstAvailable": []})
+        request["firstAvailable"].append({"name": sub, "deviceClassName": "d"})
+    return list(requests.values())
 
 
 def _chunk(writer: asyncio.StreamWriter, event: dict[str, Any]) -> None:

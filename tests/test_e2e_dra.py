@@ -438,3 +438,30 @@ def test_what_the_api_server_would_refuse_never_stops_the_other_devices(node: No
                 answer = await dra.kubelet.prepare(DRIVER, ("default", f"c{number}", f"uid-{number}"))
                 assert answer.claims[f"uid-{number}"].error == "", name
     run(scenario())
+
+
+def test_a_firstavailable_subrequest_reaches_the_container_naming_its_request(node: Node,
+                                                                              tmp_path: Path) -> None:
+    """Prioritized lists: the allocation result says ``<request>/<subrequest>``; a container names
+    the request only, and the kubelet matches names exactly, so the answer must name the request."""
+    async def scenario() -> None:
+        make_devices(node, tmp_path / "sys")
+        async with dra_node(node, tmp_path / "sys") as dra:
+            await wait_for(lambda: set(dra.api.devices(NODE)) == EXPECTED_NAMES, 10)
+            # the first subrequest ("exotic") was unsatisfiable; the allocator chose "any-camera"
+            dra.api.add_claim("default", "cam", "uid-cam", [
+                {"request": "camera/any-camera", "driver": DRIVER, "pool": NODE, "device": "video0"},
+                {"request": "tty", "driver": DRIVER, "pool": NODE, "device": "ttyusb0"}])
+            answer = await dra.kubelet.prepare(DRIVER, ("default", "cam", "uid-cam"))
+            claim = answer.claims["uid-cam"]
+            assert claim.error == ""
+            assert [list(d.request_names) for d in claim.devices] == [["camera"], ["tty"]]
+            assert dra.kubelet.container_cdi_ids(claim, "camera") == [f"{DRIVER}/device=video0"]
+            assert dra.kubelet.container_cdi_ids(claim, "tty") == [f"{DRIVER}/device=ttyusb0"]
+            dra.restart_daemon()  # answered from the checkpoint: the same names
+            dra.kubelet._seen.clear()
+            await wait_for(lambda: "the kubelet registered" in dra.proc.log, 10)
+            again = await dra.kubelet.prepare(DRIVER, ("default", "cam", "uid-cam"))
+            assert dra.kubelet.container_cdi_ids(again.claims["uid-cam"], "camera") == [
+                f"{DRIVER}/device=video0"]
+    run(scenario())

@@ -123,6 +123,19 @@ class Checkpoint:
         os.replace(tmp, self.path)
 
 
+def request_name(result_request: str) -> str:
+    """The request name the kubelet matches a container's ``resources.claims[].request`` against.
+
+    An allocation result of a request with ``firstAvailable`` subrequests (prioritized lists,
+    GA in Kubernetes 1.36) names ``<request>/<subrequest>``; a container can only name the
+    request (a DNS label), and the kubelet compares the two exactly, so a device answered with
+    ``<request>/<subrequest>`` would reach no container that names its request. Answer with the
+    part before the first '/', as the kubelet's own helper does (dynamic-resource-allocation
+    kubeletplugin/draplugin.go stripSubrequestNames).
+    """
+    return result_request.split("/", 1)[0]
+
+
 def _strings(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
@@ -237,7 +250,8 @@ class NodeService(pb.DRAPluginService):
         log.info("NodePrepareResources %s (uid %s) %s: %s", who, claim.uid, how,
                  ", ".join(f"{d['device']} -> {' '.join(d['cdi'])}" for d in devices) or "no devices of ours")
         return pb.NodePrepareResourceResponse(devices=[
-            pb.Device(request_names=list(d["requests"]), pool_name=d["pool"], device_name=d["device"],
+            pb.Device(request_names=[request_name(r) for r in d["requests"]], pool_name=d["pool"],
+                      device_name=d["device"],
                       cdi_device_ids=list(d["cdi"]), share_id=d.get("share")) for d in devices])
 
     async def _prepare_new(self, claim: pb.Claim) -> list[dict[str, Any]]:
@@ -295,7 +309,8 @@ class NodeService(pb.DRAPluginService):
                 cdi_id = cdi.qualified(self.claim_kind, claim_devices[device.name].name)
             else:
                 cdi_id = cdi.qualified(self.device_kind, device.name)
-            entry: dict[str, Any] = {"requests": [str(result.get("request", ""))], "pool": self.node,
+            entry: dict[str, Any] = {"requests": [request_name(str(result.get("request", "")))],
+                                     "pool": self.node,
                                      "device": device.name, "cdi": [cdi_id]}
             if result.get("shareID"):
                 entry["share"] = str(result["shareID"])
