@@ -470,7 +470,8 @@ def node_problem(dev_dir: str, rel: str) -> str | None:
     try:
         mode = os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode
     except OSError as exc:
-        return f"/dev/{rel}: {exc.strerror}"
+        gone = " (unplugged?)" if exc.errno == errno.ENOENT else ""
+        return f"/dev/{rel}: {exc.strerror}{gone}"
     finally:
         os.close(fd)
     if not _is_device(mode):

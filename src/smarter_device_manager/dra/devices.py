@@ -32,7 +32,8 @@ device and its parents up to its USB device (``subsystem``, ``driver``, ``idVend
 ``device``, video4linux ``name`` and ``index``), ``usb`` (a bool), ``usbPort`` and ``usbHub`` (the
 USB port path of the device and of the hub it hangs off, for "on the same hub" constraints) and
 ``bcdDevice`` as a version. Names follow the API's rule (C identifiers of at most 32
-characters); string values are cut to the API's 64 characters.
+bytes); string values are cut to the API's 64 bytes of UTF-8, on a character boundary
+(``validation.cut``).
 """
 
 from __future__ import annotations
@@ -55,13 +56,13 @@ from smarter_device_manager.discovery import (
     Member,
     Resource,
 )
+from smarter_device_manager.dra.validation import VALUE_MAX, cut
 from smarter_device_manager.handover import numbered
 from smarter_device_manager.identity import Identity, identities
 from smarter_device_manager.sysfs import Level, Sysfs, SysfsError
 from smarter_device_manager.udevmatch import lookup
 
 LABEL_MAX = 63
-VALUE_MAX = 64
 # sysfs attributes published as strings when the device or a parent up to its USB device has them.
 STRING_ATTRIBUTES = ("idVendor", "idProduct", "serial", "manufacturer", "product", "bInterfaceNumber",
                      "vendor", "device", "name")
@@ -115,7 +116,7 @@ def env_name(prefix: str, resource_name: str) -> str:
 
 
 def _string(value: str) -> Attribute:
-    return {"string": value[:VALUE_MAX]}
+    return {"string": cut(value, VALUE_MAX)}
 
 
 def _own(sysfs: Sysfs, chain: tuple[Level, ...]) -> tuple[tuple[Level, ...], int | None]:
@@ -292,16 +293,30 @@ def _device(name: str, resource: Resource, attributes: dict[str, Attribute],
 
 
 def _unique(devices: list[DraDevice], problems: list[str]) -> list[DraDevice]:
+    """Every device under a name of its own: devices whose names collide are renamed with a crc of
+    their node path, and again (with a counter in the crc) until the name is free.
+
+    One pass of renaming is not enough: serials ``abc`` and ``ABC`` both give ``…-abc``, and the
+    renamed ``…-abc-<crc>`` can be exactly what serial ``abc-<crc>`` gives on its own; the API
+    server then refuses the slice and the CDI spec has a device "defined twice". The result is
+    the same for the same devices, whatever their order.
+    """
     by_name: dict[str, list[DraDevice]] = {}
     for device in devices:
         by_name.setdefault(device.name, []).append(device)
-    result: list[DraDevice] = []
-    for name, same in by_name.items():
+    taken = set(by_name)
+    result = [same[0] for same in by_name.values() if len(same) == 1]
+    for name, same in sorted(by_name.items()):
         if len(same) == 1:
-            result.append(same[0])
             continue
-        for device in same:
-            renamed = label(f"{name}-{binascii.crc32(device.where.encode()):08x}")
+        for device in sorted(same, key=lambda d: d.where):
+            salt = device.where
+            renamed = label(f"{name}-{binascii.crc32(salt.encode()):08x}")
+            attempt = 0
+            while renamed in taken:
+                attempt += 1
+                renamed = label(f"{name}-{binascii.crc32(f'{salt}#{attempt}'.encode()):08x}")
+            taken.add(renamed)
             problems.append(f"{device.where}: DRA device name {name} is taken by "
                             f"{len(same) - 1} other device(s); published as {renamed}")
             result.append(replace(device, name=renamed))
