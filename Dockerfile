@@ -75,6 +75,8 @@ COPY --from=builder /rootfs /
 
 ARG VERSION=2.1.0
 ARG REVISION=unknown
+# What the image was built from (scripts/source-hash.py): the built-image tests run only on a match.
+ARG SOURCE_HASH=unknown
 ARG SOURCE=https://github.com/smarter-project/smarter-device-manager
 LABEL org.opencontainers.image.title="smarter-device-manager" \
       org.opencontainers.image.description="Kubernetes device plugin that hands Linux device nodes (serial, I2C, SPI, GPIO, video, sound, TUN...) to containers without privileged pods" \
@@ -83,7 +85,8 @@ LABEL org.opencontainers.image.title="smarter-device-manager" \
       org.opencontainers.image.source="${SOURCE}" \
       org.opencontainers.image.url="${SOURCE}" \
       org.opencontainers.image.documentation="${SOURCE}/blob/main/docs/deployment.md" \
-      org.opencontainers.image.licenses="Apache-2.0"
+      org.opencontainers.image.licenses="Apache-2.0" \
+      io.smarter-devices.source-hash="${SOURCE_HASH}"
 
 # PYTHONDONTWRITEBYTECODE: every module the daemon imports already has its .pyc (unchecked-hash,
 # made in the builder), so Python never needs to write one; this makes sure it never tries

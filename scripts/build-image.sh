@@ -25,6 +25,7 @@ PLATFORMS="linux/amd64 linux/arm64 linux/arm/v7 linux/arm/v6"
 mkdir -p dist
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+source_hash=$(python3 scripts/source-hash.py)
 for platform in "$@"; do
     case "$platform" in
         linux/arm/v6) bplatform=linux/arm/v5 suffix=armel ;;
@@ -35,6 +36,7 @@ for platform in "$@"; do
     start=$(date +%s)
     "$TOOLS/build.sh" . --platform "$bplatform" --tag localhost/smarter-device-manager:dev \
         --out "dist/smarter-device-manager-$suffix.tar" -- \
-        --build-arg VERSION="$version" --build-arg REVISION="$revision"
+        --build-arg VERSION="$version" --build-arg REVISION="$revision" \
+        --build-arg SOURCE_HASH="$source_hash"
     echo "== $platform: built and saved in $(( $(date +%s) - start )) s"
 done

@@ -38,6 +38,20 @@ EMBEDDED_CONFIG = "src/smarter_device_manager/default_config.yaml"
 CONSOLE_SCRIPT = "smarter-device-manager"
 BUILDER_BASE = "debian:trixie-slim"
 BUILT_IMAGE = "localhost/smarter-device-manager:dev"
+
+
+def _load_source_hash() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("source_hash", ROOT / "scripts" / "source-hash.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+source_hash_module = _load_source_hash()
+SOURCE_HASH: str = source_hash_module.source_hash(ROOT)
 # scripts/build-image.sh's tags per platform, and the size each must stay under (bytes,
 # uncompressed): amd64 the issue's stretch target, the others its target.
 BUILT_IMAGES = {"linux/amd64": (BUILT_IMAGE, 30_000_000),
@@ -331,6 +345,12 @@ def podman(image: str = BUILT_IMAGE) -> list[str]:
     cmd = [exe] + (["--runtime", runc] if os.path.exists(runc) else [])
     if subprocess.run([*cmd, "image", "exists", image], check=False).returncode != 0:
         pytest.skip(f"no {image}: scripts/build-image.sh builds it")
+    built = subprocess.run([*cmd, "image", "inspect", "--format",
+                            '{{index .Labels "io.smarter-devices.source-hash"}}', image],
+                           capture_output=True, text=True, check=False).stdout.strip()
+    if built != SOURCE_HASH:
+        pytest.skip(f"{image} was built from other sources (source hash {built or 'none'}, this tree "
+                    f"{SOURCE_HASH}): scripts/build-image.sh rebuilds it")
     return cmd
 
 
@@ -597,3 +617,32 @@ def test_built_image_dra_publishes_the_slice_and_prepares_a_claim(tmp_path: Path
     finally:
         subprocess.run([*cmd, "rm", "-f", name], capture_output=True, check=False)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_source_hash_follows_the_build_context_only(tmp_path: Path) -> None:
+    """The built-image tests run only on an image of this tree's sources: the hash must change
+    with anything the build reads and stay with anything it does not."""
+    for name in ("Dockerfile", ".dockerignore", "pyproject.toml", "constraints.txt",
+                 "scripts/image-rootfs.py", "tests/fake_apiserver.py", "src/pkg/a.py", "docs/x.md",
+                 "README.md", "tests/test_x.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(name)
+    (tmp_path / "src/pkg/__pycache__").mkdir()
+    first = source_hash_module.source_hash(tmp_path)
+    for unread in ("docs/x.md", "README.md", "tests/test_x.py", "src/pkg/__pycache__/a.cpython-311.pyc"):
+        (tmp_path / unread).write_text("changed")
+        assert source_hash_module.source_hash(tmp_path) == first, unread
+    for read in ("src/pkg/a.py", "Dockerfile", "scripts/image-rootfs.py", "tests/fake_apiserver.py"):
+        (tmp_path / read).write_text("changed " + read)
+        now = source_hash_module.source_hash(tmp_path)
+        assert now != first, read
+        first = now
+    (tmp_path / "src/pkg/new.py").write_text("")
+    assert source_hash_module.source_hash(tmp_path) != first
+
+
+def test_build_script_labels_the_image_with_the_source_hash(final: list[Instruction]) -> None:
+    script = (ROOT / "scripts" / "build-image.sh").read_text()
+    assert "python3 scripts/source-hash.py" in script and '--build-arg SOURCE_HASH="$source_hash"' in script
+    labels = " ".join(ins.args for ins in only(final, "LABEL"))
+    assert 'io.smarter-devices.source-hash="${SOURCE_HASH}"' in labels
