@@ -71,6 +71,14 @@ class Dra:
         self.proc = start_daemon(self.node, self.api, self.http_port, self.sys_root)
 
 
+def answers(dra: Dra, path: str) -> tuple[int, str]:
+    """``dra.http(path)``, or (0, why) while the daemon is not listening yet."""
+    try:
+        return dra.http(path)
+    except urllib.error.URLError as exc:
+        return 0, str(exc)
+
+
 def free_port() -> int:
     import socket
 
@@ -499,4 +507,47 @@ def test_a_firstavailable_subrequest_reaches_the_container_naming_its_request(no
             again = await dra.kubelet.prepare(DRIVER, ("default", "cam", "uid-cam"))
             assert dra.kubelet.container_cdi_ids(again.claims["uid-cam"], "camera") == [
                 f"{DRIVER}/device=video0"]
+    run(scenario())
+
+
+def test_a_name_never_goes_to_another_twin_across_a_daemon_restart(node: Node, tmp_path: Path) -> None:
+    """Issue 16, item 1 follow-up, DRA: twin A (serial 0001) is published as usb-serial-0001 and a
+    claim is allocated that name. The daemon is killed; A is unplugged and its twin B plugged
+    while it is down. Started again, it must not publish B as usb-serial-0001 (the allocation
+    names only that), so the names it bound are kept in <state dir>/names.json. A bad file there
+    is a warning and a fresh start."""
+    sys_root = tmp_path / "sys"
+    sysfs = FakeSysfs(str(sys_root))
+    a = sysfs.cp2102(port="1-1.3", node="ttyUSB1", minor=1)
+    mkdev(node.dev / a.node, major=a.major, minor=a.minor)
+
+    async def scenario() -> None:
+        async with dra_node(node, sys_root) as dra:
+            api = dra.api
+            await wait_for(lambda: set(api.devices(NODE)) == {"usb-serial-0001"}, 10, "A published")
+            api.add_claim("default", "serial", "uid-serial", [
+                {"request": "r", "driver": DRIVER, "pool": NODE, "device": "usb-serial-0001"}])
+            dra.proc.popen.kill()
+            dra.proc.popen.wait()
+            (node.dev / a.node).unlink()
+            sysfs.unplug(a)
+            b = sysfs.cp2102(port="1-1.4", node="ttyUSB1", minor=1)
+            mkdev(node.dev / b.node, major=b.major, minor=b.minor)
+            dra.proc = start_daemon(node, api, dra.http_port, sys_root)
+            dra.proc.wait_log("1 devices: ")  # the old slice stays until the new daemon writes
+            [scanned] = [line for line in dra.proc.log.splitlines() if "1 devices: " in line]
+            name = scanned.split("1 devices: ")[1]
+            assert name.startswith("usb-serial-0001-"), scanned  # never B as usb-serial-0001
+            await wait_for(lambda: set(api.devices(NODE)) == {name}, 30, "B published")
+            answer = await dra.kubelet.prepare(DRIVER, ("default", "serial", "uid-serial"))
+            assert "device usb-serial-0001 is no longer on node" in answer.claims["uid-serial"].error
+
+            # A damaged file: a warning, a fresh start, and the daemon serves.
+            dra.proc.popen.kill()
+            dra.proc.popen.wait()
+            (node.root / "state" / "names.json").write_text('{"kind": "smarter-device-manager/dra-n')
+            dra.proc = start_daemon(node, api, dra.http_port, sys_root)
+            await wait_for(lambda: answers(dra, "/readyz")[0] == 200, 30, "ready with a bad state file")
+            dra.proc.wait_log("WARNING")
+            assert "state file" in dra.proc.log and "is unreadable" in dra.proc.log
     run(scenario())

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from smarter_device_manager import __version__, cdi
 from smarter_device_manager.config import reread
 from smarter_device_manager.discovery import KIND_DIRECTORY, directory_nodes, discover
+from smarter_device_manager.dra.boundnames import BoundNames
 from smarter_device_manager.dra.devices import DraDevice, Paths, cdi_device, dra_devices, keep_names
 from smarter_device_manager.dra.kube import Cluster, KubeClient
 from smarter_device_manager.dra.node import Checkpoint, NodeService, cdi_dir_problem
@@ -98,7 +99,7 @@ class DraDaemon:
         self.cluster = cluster
         self.paths = Paths(s.dev_dir, s.host_dev_dir, s.sys_dir)
         self.devices: dict[str, DraDevice] = {}
-        self._bound: dict[str, str] = {}  # DRA name -> the fingerprint it was first published for
+        self.names = BoundNames(s.state_dir)  # DRA name -> the fingerprint it was published for
         self.checkpoint = Checkpoint(s.state_dir)
         self.node = NodeService(s.driver, s.node, self.client, lambda: self.devices, self.refresh_spec,
                                 self.paths, s.prefix, s.cdi_dir, self.checkpoint, self.metrics)
@@ -181,6 +182,7 @@ class DraDaemon:
         for directory in (s.registry_dir, os.path.dirname(s.endpoint), s.state_dir):
             os.makedirs(directory, exist_ok=True)
         self.checkpoint.load()
+        self.names.load()
         if self.checkpoint.claims:
             log.info("checkpoint: %d prepared claims (%s)", len(self.checkpoint.claims),
                      ", ".join(f"{c['namespace']}/{c['name']}" for c in self.checkpoint.claims.values()))
@@ -274,7 +276,8 @@ class DraDaemon:
         if self._watcher is not None:
             self._watcher.sync_dev_dirs(inventory.directories)
         devices, problems = dra_devices(inventory, s.prefix, s.dev_dir, s.sys_dir)
-        devices = keep_names(devices, self._bound)
+        devices = keep_names(devices, self.names.bound)
+        self.names.save()
         devices, unfit = fit(devices)  # what the API server would refuse stays out, said
         problems += unfit
         fresh = frozenset(inventory.problems) | frozenset(problems)
