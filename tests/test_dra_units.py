@@ -415,6 +415,7 @@ sys.exit(cli.main(["serve", "--dev-dir", {str(tmp_path / 'dev')!r}, "--plugin-di
 def test_prepare_refuses_what_it_cannot_prepare_and_cleans_up(tmp_path: Path) -> None:
     from smarter_device_manager.api import dra as pb
     from smarter_device_manager.dra.devices import Paths
+    from smarter_device_manager.dra.locks import FileLock
     from smarter_device_manager.dra.node import NodeService
     from smarter_device_manager.metrics import Metrics
 
@@ -436,7 +437,7 @@ def test_prepare_refuses_what_it_cannot_prepare_and_cleans_up(tmp_path: Path) ->
         checkpoint = Checkpoint(str(tmp_path / "state"))
         service = NodeService("d.io", "n1", client, lambda: current, lambda: None,
                               Paths(str(dev), str(dev)), "smarter-devices", str(tmp_path / "cdi"),
-                              checkpoint, Metrics())
+                              checkpoint, Metrics(), FileLock(str(tmp_path / "state" / "claims.lock")))
 
         async def prepare(name: str, results: list[dict[str, Any]] | None, uid: str = "") -> str:
             if results is not None:
@@ -460,7 +461,7 @@ def test_prepare_refuses_what_it_cannot_prepare_and_cleans_up(tmp_path: Path) ->
         assert checkpoint.claims == {}, "nothing failed is remembered"
         (dev / "video0").unlink()
         mkdev(dev / "video0", major=81, minor=0)
-        (tmp_path / "state" / "checkpoint.json").mkdir()  # unwritable, even for root
+        (tmp_path / "state" / f"checkpoint.json.{os.getpid()}.tmp").mkdir()  # unwritable, even for root
         assert "cannot write the checkpoint" in await prepare("cam2", [
             {"request": "r", "driver": "d.io", "pool": "n1", "device": "video0"}])
         assert checkpoint.claims == {}

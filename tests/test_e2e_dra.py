@@ -26,6 +26,7 @@ pytestmark = [needs_root, pytest.mark.e2e]
 DRIVER = "smarter-devices.io"
 NODE = "node-a"
 SLICE = f"{NODE}-{DRIVER}-0"
+NODE_UID = "5b0f8a7c-2d41-4e57-9a0e-0c1d2e3f4a5b"
 CONFIG = """\
 - name: usb-serial
   pool: true
@@ -109,6 +110,7 @@ def make_devices(node: Node, sys_root: Path) -> FakeSysfs:
 async def dra_node(node: Node, sys_root: Path, config: str = CONFIG) -> AsyncIterator[Dra]:
     node.write_config(config)
     api = FakeApiServer()
+    api.add_node(NODE, NODE_UID)
     await api.start()
     kubelet = KubeletDraStandin(str(node.root / "plugins_registry"), NODE, api)
     await kubelet.start()

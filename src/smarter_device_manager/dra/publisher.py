@@ -12,6 +12,12 @@ read it) or a slice gone under us makes it list again before the next plan, so t
 follows is based on what the server really has. A 403 names the verb and resource the
 ServiceAccount lacks. Prepared claims do not depend on any of this (see ``node.py``).
 
+Two daemons on one node (a rolling update): only the holder of ``publisher.lock`` (``locks.py``)
+writes; ``lead()`` is called once it has the lock. The other neither lists nor watches nor writes.
+
+Owner: before its first write the writer reads this node's Node object once for its uid (RBAC:
+``get`` on ``nodes``) and every slice names the Node as owner (``slices.owner_reference``).
+
 Slices are published only once the kubelet has accepted our registration: the kubelet wipes a
 node's slices when it starts and those of a driver that is not registered, and devices that no
 kubelet plugin can prepare would only strand pods.
@@ -27,12 +33,13 @@ from typing import Any
 
 from smarter_device_manager.dra.devices import DraDevice
 from smarter_device_manager.dra.kube import KubeClient, KubeError, path_of
-from smarter_device_manager.dra.slices import API_VERSION, Echo, Write, plan
+from smarter_device_manager.dra.slices import API_VERSION, Echo, Write, owner_reference, plan
 from smarter_device_manager.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 RESOURCE = "resourceslices.resource.k8s.io"
+NODES = "nodes"
 BACKOFF_START = 0.5
 BACKOFF_MAX = 30.0
 WATCH_TIMEOUT = 300
@@ -58,6 +65,8 @@ class Publisher:
         self.observed: dict[str, dict[str, Any]] = {}
         self.echoes: dict[str, Echo] = {}
         self.enabled = False
+        self.leading = False
+        self.owner: dict[str, Any] | None = None
         self.error: str | None = None
         self.listed = False
         self.watching = False
@@ -78,10 +87,15 @@ class Publisher:
         self.enabled = True
         self._wake.set()
 
+    def lead(self) -> None:
+        """This daemon holds ``publisher.lock``: it is the one that writes slices."""
+        self.leading = True
+        self._wake.set()
+
     @property
     def in_sync(self) -> bool:
-        return self.enabled and self.listed and self.error is None and \
-            not plan(self.node, self.driver, self.devices, self.observed, self.echoes)
+        return self.enabled and self.leading and self.listed and self.error is None and \
+            not plan(self.node, self.driver, self.devices, self.observed, self.echoes, self.owner)
 
     # --- tasks ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -108,12 +122,21 @@ class Publisher:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if not self.enabled:
+            if not self.enabled or not self.leading:
                 continue
             try:
+                if self.owner is None:
+                    node = await self.client.request("GET", path_of("v1", NODES, self.node), verb="get",
+                                                     resource=NODES)
+                    uid = str((node.get("metadata") or {}).get("uid") or "")
+                    if not uid:
+                        raise KubeError(200, "BadResponse", f"node {self.node} has no metadata.uid", "get",
+                                        NODES)
+                    self.owner = owner_reference(self.node, uid)
                 if not self.listed:
                     await self._list()
-                for write in plan(self.node, self.driver, self.devices, self.observed, self.echoes):
+                for write in plan(self.node, self.driver, self.devices, self.observed, self.echoes,
+                                  self.owner):
                     await self._apply(write)
             except KubeError as exc:
                 self._fail(exc)
