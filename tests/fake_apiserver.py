@@ -37,6 +37,7 @@ GROUP = "/apis/resource.k8s.io/v1"
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _C_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HISTORY = 1000
+CLASSES = GROUP + "/deviceclasses"
 
 
 @dataclass
@@ -70,6 +71,11 @@ class FakeApiServer:
     version: int = 100
     history: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
     _watches: list[_Watch] = field(default_factory=list)
+    # DeviceClasses (the dra-classes controller): their own store, history and watches.
+    classes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    class_history: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
+    _class_watches: list[asyncio.Queue[tuple[str, dict[str, Any]] | None]] = field(default_factory=list)
+    extended_resource_gate: bool = True  # False: drop spec.extendedResourceName, as 1.34/1.35 do
     _server: asyncio.AbstractServer | None = None
     _client: str = ""
     port: int = 0
@@ -82,6 +88,8 @@ class FakeApiServer:
     async def stop(self) -> None:
         for watch in self._watches:
             watch.queue.put_nowait(None)
+        for queue in self._class_watches:
+            queue.put_nowait(None)
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -195,10 +203,16 @@ current-context: sdm@stand-in
                 url = urlsplit(target)
                 query = {k: v[0] for k, v in parse_qs(url.query).items()}
                 if query.get("watch") in ("1", "true") and method == "GET":
-                    await self._watch(writer, url.path, query, headers)
+                    if url.path == CLASSES:
+                        await self._watch_classes(writer, query, headers)
+                    else:
+                        await self._watch(writer, url.path, query, headers)
                     return
                 self._client = self.tokens.get(headers.get("authorization", "").removeprefix("Bearer "), "")
-                status, answer = self._answer(method, url.path, query, headers, body)
+                if url.path == CLASSES or url.path.startswith(CLASSES + "/"):
+                    status, answer = self._class_answer(method, url.path, headers, body)
+                else:
+                    status, answer = self._answer(method, url.path, query, headers, body)
                 data = json.dumps(answer).encode()
                 writer.write(f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
                              f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
@@ -347,6 +361,144 @@ current-context: sdm@stand-in
         """Cut every watch connection (a restarted API server)."""
         for watch in self._watches:
             watch.queue.put_nowait(None)
+        for queue in self._class_watches:
+            queue.put_nowait(None)
+
+    # --- DeviceClasses (cluster-scoped): list, watch, get, create, update, delete ---------------
+    # Kept apart from the slices' code above: its own store, history and watch queues.
+    def put_slice(self, obj: dict[str, Any]) -> None:
+        """Another node's daemon publishes (or replaces) a slice, validated like ours."""
+        name = obj["metadata"]["name"]
+        status, answer = self._store("update" if name in self.slices else "create",
+                                     json.loads(json.dumps(obj)))
+        assert status < 300, answer
+
+    def remove_slice(self, name: str) -> None:
+        self._delete(name)
+
+    def put_class(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Somebody else (an administrator, another driver) creates or replaces a DeviceClass."""
+        name = obj["metadata"]["name"]
+        verb = "update" if name in self.classes else "create"
+        if verb == "update":
+            obj = {**obj, "metadata": {**obj["metadata"],
+                                       "resourceVersion": self.classes[name]["metadata"]["resourceVersion"]}}
+        status, answer = self._class_store(verb, json.loads(json.dumps(obj)))
+        assert status < 300, answer
+        return answer
+
+    def _class_event(self, kind: str, obj: dict[str, Any]) -> None:
+        self.class_history.append((int(obj["metadata"]["resourceVersion"]), kind, obj))
+        del self.class_history[:-HISTORY]
+        for queue in self._class_watches:
+            queue.put_nowait((kind, obj))
+
+    def _class_refused(self, method: str, path: str,
+                       headers: dict[str, str]) -> tuple[int, dict[str, Any]] | None:
+        if self.token and headers.get("authorization") != f"Bearer {self.token}":
+            return 401, _status(401, "Unauthorized", "Unauthorized")
+        if self.fail_next:
+            code = self.fail_next.pop(0)
+            return code, _status(code, "InternalError", f"stand-in fault injection: {code}")
+        verb = {"POST": "create", "PUT": "update", "DELETE": "delete"}.get(method, "get")
+        if method == "GET" and path == CLASSES:
+            verb = "list"
+        if (verb, "deviceclasses") in self.forbid:
+            return 403, _status(403, "Forbidden", 'deviceclasses.resource.k8s.io is forbidden: User '
+                                '"system:serviceaccount:sdm:smarter-device-manager-dra-classes" cannot '
+                                f'{verb} resource "deviceclasses" in API group "resource.k8s.io" at the '
+                                "cluster scope")
+        return None
+
+    def _class_answer(self, method: str, path: str, headers: dict[str, str],
+                      body: bytes) -> tuple[int, dict[str, Any]]:
+        refused = self._class_refused(method, path, headers)
+        if refused is not None:
+            return refused
+        if path == CLASSES:
+            if method == "GET":
+                return 200, {"kind": "DeviceClassList", "apiVersion": "resource.k8s.io/v1",
+                             "metadata": {"resourceVersion": str(self.version)},
+                             "items": list(self.classes.values())}
+            if method == "POST":
+                obj = json.loads(body)
+                name = obj.get("metadata", {}).get("name", "")
+                if name in self.classes:
+                    return 409, _status(409, "AlreadyExists", f'deviceclasses.resource.k8s.io "{name}" '
+                                        "already exists")
+                return self._class_store("create", obj)
+        name = path.removeprefix(CLASSES + "/")
+        if "/" in name or name not in self.classes:
+            return 404, _status(404, "NotFound", f'deviceclasses.resource.k8s.io "{name}" not found')
+        if method == "GET":
+            return 200, self.classes[name]
+        if method == "DELETE":
+            obj = self.classes.pop(name)
+            obj = {**obj, "metadata": {**obj["metadata"], "resourceVersion": self._bump()}}
+            self._class_event("DELETED", obj)
+            self.writes.append(Write(time.monotonic(), "delete", name, None))
+            return 200, _status(200, "", "deleted")
+        if method == "PUT":
+            obj = json.loads(body)
+            held = self.classes[name]["metadata"]["resourceVersion"]
+            if obj.get("metadata", {}).get("resourceVersion") != held:
+                return 409, _status(409, "Conflict", f'Operation cannot be fulfilled on deviceclasses'
+                                    f'.resource.k8s.io "{name}": the object has been modified; please '
+                                    "apply your changes to the latest version and try again")
+            return self._class_store("update", obj)
+        return 405, _status(405, "MethodNotAllowed", f"{method} {path}")
+
+    def _class_store(self, verb: str, obj: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        problems = _invalid_class(obj)
+        if problems:
+            return 422, _status(422, "Invalid", "; ".join(problems))
+        if not self.extended_resource_gate:
+            obj.get("spec", {}).pop("extendedResourceName", None)
+        meta = obj["metadata"]
+        meta["resourceVersion"] = self._bump()
+        meta.setdefault("uid", f"uid-class-{meta['name']}")
+        meta.setdefault("creationTimestamp", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        self.classes[meta["name"]] = obj
+        self.writes.append(Write(time.monotonic(), verb, meta["name"], obj))
+        self._class_event("ADDED" if verb == "create" else "MODIFIED", obj)
+        return 201 if verb == "create" else 200, obj
+
+    async def _watch_classes(self, writer: asyncio.StreamWriter, query: dict[str, str],
+                             headers: dict[str, str]) -> None:
+        refused = self._class_refused("GET", CLASSES + "/watch", headers)
+        if refused is not None:
+            data = json.dumps(refused[1]).encode()
+            writer.write(f"HTTP/1.1 {refused[0]} X\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
+            await writer.drain()
+            return
+        queue: asyncio.Queue[tuple[str, dict[str, Any]] | None] = asyncio.Queue()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n")
+        since = int(query.get("resourceVersion") or self.version)
+        if self.class_history and since < self.class_history[0][0] - 1:
+            _chunk(writer, {"type": "ERROR", "object": _status(410, "Expired", "too old resource version")})
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+            return
+        for version, kind, obj in self.class_history:
+            if version > since:
+                queue.put_nowait((kind, obj))
+        self._class_watches.append(queue)
+        deadline = time.monotonic() + float(query.get("timeoutSeconds", "1800"))
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    item = await asyncio.wait_for(queue.get(), left)
+                except asyncio.TimeoutError:
+                    break
+                if item is None:
+                    return
+                _chunk(writer, {"type": item[0], "object": item[1]})
+                await writer.drain()
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+        finally:
+            self._class_watches.remove(queue)
 
 
 def _chunk(writer: asyncio.StreamWriter, event: dict[str, Any]) -> None:
@@ -396,4 +548,35 @@ def _invalid(obj: dict[str, Any]) -> list[str]:
     pool = spec.get("pool") or {}
     if int(pool.get("generation", 0)) < 0 or int(pool.get("resourceSliceCount", 0)) < 1:
         problems.append("spec.pool: generation >= 0 and resourceSliceCount >= 1 required")
+    return problems
+
+
+_SUBDOMAIN = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
+_QUALIFIED = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+
+
+def _invalid_class(obj: dict[str, Any]) -> list[str]:
+    """The parts of the real DeviceClass validation that a controller could break."""
+    problems = []
+    name = str((obj.get("metadata") or {}).get("name", ""))
+    if len(name) > 253 or not _SUBDOMAIN.match(name):
+        problems.append(f"metadata.name: Invalid value: {name!r}: a lowercase RFC 1123 subdomain")
+    spec = obj.get("spec") or {}
+    selectors = spec.get("selectors") or []
+    if len(selectors) > 32:
+        problems.append("spec.selectors: Too many: must have at most 32 items")
+    for number, selector in enumerate(selectors):
+        expression = (selector.get("cel") or {}).get("expression")
+        if not isinstance(expression, str) or not expression.strip():
+            problems.append(f"spec.selectors[{number}].cel.expression: Required value")
+        elif expression.count('"') % 2:
+            problems.append(f"spec.selectors[{number}].cel.expression: compilation failed: "
+                            "unterminated string")
+    resource = spec.get("extendedResourceName")
+    if resource is not None:
+        domain, sep, short = str(resource).partition("/")
+        if (not sep or "kubernetes.io" in domain or len("requests." + domain) > 253
+                or not _SUBDOMAIN.match(domain) or not _QUALIFIED.match(short)):
+            problems.append(f"spec.extendedResourceName: Invalid value: {resource!r}: must be a valid "
+                            "extended resource name")
     return problems
