@@ -105,7 +105,6 @@ class KubeletDraStandin:
                 except FileNotFoundError:
                     continue
                 if stat.S_ISSOCK(st.st_mode) and self._seen.get(path) != st.st_ino:
-                    self._deregister(path)
                     self._seen[path] = st.st_ino
                     try:
                         await self._register(path)
@@ -129,10 +128,11 @@ class KubeletDraStandin:
                 error = f"none of {list(info.supported_versions)} is supported (want v1.DRAPlugin)"
             elif not os.path.exists(info.endpoint):
                 error = f"endpoint {info.endpoint} does not exist"
-            elif info.endpoint in self.endpoints(info.name):
+            elif info.endpoint in [e for p, e in self.plugins.get(info.name, ()) if p != path]:
                 error = f"endpoint {info.endpoint} already registered for DRA driver plugin {info.name}"
             await asyncio.wait_for(stub.NotifyRegistrationStatus(
                 rpb.RegistrationStatus(plugin_registered=not error, error=error)), 5)
+            self._deregister(path)  # a socket registered again replaces its old registration
             if error:
                 self.refused.append(error)
             else:
