@@ -21,6 +21,7 @@ from smarter_device_manager.config import load_config
 from smarter_device_manager.discovery import discover
 from smarter_device_manager.dra import kube
 from smarter_device_manager.dra.devices import DraDevice, dra_devices, label
+from smarter_device_manager.dra.locks import FileLock
 from smarter_device_manager.dra.node import Checkpoint
 from smarter_device_manager.dra.slices import Echo, desired_specs, device_entry, plan, slice_name
 from smarter_device_manager.rules import Config
@@ -426,7 +427,6 @@ sys.exit(cli.main(["serve", "--dev-dir", {str(tmp_path / 'dev')!r}, "--plugin-di
 def test_prepare_refuses_what_it_cannot_prepare_and_cleans_up(tmp_path: Path) -> None:
     from smarter_device_manager.api import dra as pb
     from smarter_device_manager.dra.devices import Paths
-    from smarter_device_manager.dra.locks import FileLock
     from smarter_device_manager.dra.node import NodeService
     from smarter_device_manager.metrics import Metrics
 
@@ -547,7 +547,6 @@ def test_slices_name_their_node_as_owner_and_old_slices_get_it_with_one_update(t
 def test_admin_access_claims_get_held_devices_and_normal_claims_do_not(tmp_path: Path) -> None:
     from smarter_device_manager.api import dra as pb
     from smarter_device_manager.dra.devices import Paths
-    from smarter_device_manager.dra.locks import FileLock
     from smarter_device_manager.dra.node import NodeService
     from smarter_device_manager.metrics import Metrics
 
@@ -605,3 +604,123 @@ def test_admin_access_claims_get_held_devices_and_normal_claims_do_not(tmp_path:
         await client.close()
         await api.stop()
     _run(scenario())
+
+
+# --- issue 16, item 3: devices of path rules named by identity; prepare checks the device ------------
+PATH_RULES = "- devicematch: ^ttyACM[0-9]*$\n  nummaxdevices: 1\n" \
+             "- devicematch: ^ttyUSB[0-9]*$\n  nummaxdevices: 1\n" \
+             "- devicematch: ^fuse$\n  nummaxdevices: 20\n"
+
+
+@needs_root
+def test_devices_of_path_rules_are_named_by_identity_not_kernel_name(tmp_path: Path) -> None:
+    sysfs = FakeSysfs(str(tmp_path / "sys"))
+    dev = tmp_path / "dev"
+    made = [sysfs.ublox(port="1-1.1", node="ttyACM0"), sysfs.ftdi(port="1-1.2", node="ttyUSB0"),
+            sysfs.cp2102(port="1-1.3", node="ttyUSB1"), sysfs.cp2102(port="1-1.4", node="ttyUSB2")]
+    for device in made:
+        mkdev(dev / device.node, major=device.major, minor=device.minor)
+    mkdev(dev / "fuse", major=10, minor=229)
+    config = _config(tmp_path, PATH_RULES)
+
+    def names() -> dict[str, DraDevice]:
+        inventory = discover(str(dev), config, "smarter-devices", str(tmp_path / "sys"))
+        return {d.name: d for d in dra_devices(inventory, "smarter-devices", str(dev),
+                                               str(tmp_path / "sys"))[0]}
+
+    found = names()
+    assert set(found) == {"ttyacm-7a3f21c4-if00", "ttyusb-a50285bi", "ttyusb-0001-usb-1-1-3",
+                          "ttyusb-0001-usb-1-1-4", "fuse"}
+    ublox = found["ttyacm-7a3f21c4-if00"]
+    assert dict(ublox.attributes)["identity"] == {"string": "7A3F21C4-if00"}
+    assert dict(ublox.attributes)["resource"] == {"string": "smarter-devices/ttyACM0"}
+    assert ublox.fingerprint == "7A3F21C4-usb-1-1.1-if00"
+    assert found["fuse"].fingerprint == ""
+    # Re-enumerated: the u-blox now ttyACM1, another modem ttyACM0. Each keeps or gets its own name.
+    sysfs.unplug(made[0])
+    (dev / "ttyACM0").unlink()
+    modem = sysfs.ublox(port="1-1.5", node="ttyACM0", serial="OTHER")
+    back = sysfs.ublox(port="1-1.1", node="ttyACM1", serial="7A3F21C4")
+    for device in (modem, back):
+        mkdev(dev / device.node, major=device.major, minor=device.minor)
+    found = names()
+    assert found["ttyacm-7a3f21c4-if00"].nodes[0].source == "ttyACM1"
+    assert found["ttyacm-other-if00"].nodes[0].source == "ttyACM0"
+
+
+@needs_root
+def test_prepare_refuses_a_name_whose_node_is_another_device_now(tmp_path: Path) -> None:
+    from smarter_device_manager.api import dra as pb
+    from smarter_device_manager.dra.devices import Paths
+    from smarter_device_manager.dra.node import NodeService
+    from smarter_device_manager.metrics import Metrics
+
+    sys_dir = str(tmp_path / "sys")
+    sysfs = FakeSysfs(sys_dir)
+    dev = tmp_path / "dev"
+    ublox = sysfs.ublox(port="1-1.1", node="ttyACM0")
+    mkdev(dev / "ttyACM0", major=ublox.major, minor=ublox.minor)
+    inventory = discover(str(dev), _config(tmp_path, PATH_RULES), "smarter-devices", sys_dir)
+    devices, _ = dra_devices(inventory, "smarter-devices", str(dev), sys_dir)
+    current = {d.name: d for d in devices}  # the last scan, published: ttyACM0 is the u-blox
+    (tmp_path / "state").mkdir()
+    (tmp_path / "cdi").mkdir()
+    allocated = [{"request": "r", "driver": "d.io", "pool": "n1", "device": "ttyacm-7a3f21c4-if00"}]
+
+    async def scenario() -> None:
+        api = FakeApiServer()
+        await api.start()
+        client = kube.KubeClient(kube.load_kubeconfig(api.kubeconfig(str(tmp_path / "kc"))))
+        service = NodeService("d.io", "n1", client, lambda: current, lambda: None,
+                              Paths(str(dev), str(dev), sys_dir), "smarter-devices", str(tmp_path / "cdi"),
+                              Checkpoint(str(tmp_path / "state")), Metrics(),
+                              FileLock(str(tmp_path / "state" / "claims.lock")))
+        # Unplugged and another modem enumerated as ttyACM0 (same numbers), before any rescan.
+        sysfs.unplug(ublox)
+        modem = sysfs.ublox(port="1-1.5", node="ttyACM0", serial="OTHER")
+        api.add_claim("ns", "gps", "u-gps", allocated)
+        answer = await service.prepare(pb.Claim(namespace="ns", name="gps", uid="u-gps"))
+        assert ("device ttyacm-7a3f21c4-if00 was allocated as 7A3F21C4-usb-1-1.1-if00, but /dev/ttyACM0 "
+                "is now OTHER-usb-1-1.5-if00; refused") in answer.error
+        assert not answer.devices and service.checkpoint.claims == {}
+        # The u-blox back behind the node: prepared.
+        sysfs.unplug(modem)
+        sysfs.ublox(port="1-1.1", node="ttyACM0")
+        answer = await service.prepare(pb.Claim(namespace="ns", name="gps", uid="u-gps"))
+        assert answer.error == "" and [d.device_name for d in answer.devices] == ["ttyacm-7a3f21c4-if00"]
+        await client.close()
+        await api.stop()
+    _run(scenario())
+
+
+@needs_root
+def test_a_dra_name_never_goes_to_another_twin(tmp_path: Path) -> None:
+    """Two CP2102s with serial 0001 in a pool: the one alone is usb-serial-0001; unplugged, the other
+    alone is proposed that name, and must be published under another (a claim allocated against
+    the old slice names the first adapter)."""
+    from smarter_device_manager.dra.devices import keep_names
+
+    sys_dir = str(tmp_path / "sys")
+    sysfs = FakeSysfs(sys_dir)
+    dev = tmp_path / "dev"
+    config = _config(tmp_path, "- {name: usb-serial, pool: true, subsystem: tty, nummaxdevices: 1}\n")
+    bound: dict[str, str] = {}
+
+    def scan() -> dict[str, str]:
+        inventory = discover(str(dev), config, "smarter-devices", sys_dir)
+        devices = keep_names(dra_devices(inventory, "smarter-devices", str(dev), sys_dir)[0], bound)
+        return {d.name: d.fingerprint for d in devices}
+
+    a = sysfs.cp2102(port="1-1.3", node="ttyUSB0", minor=0)
+    mkdev(dev / "ttyUSB0", major=188, minor=0)
+    assert scan() == {"usb-serial-0001": "0001-usb-1-1.3"}
+    sysfs.unplug(a)
+    (dev / "ttyUSB0").unlink()
+    b = sysfs.cp2102(port="1-1.4", node="ttyUSB1", minor=1)
+    mkdev(dev / "ttyUSB1", major=188, minor=1)
+    assert scan() == {"usb-serial-0001-0001-usb-1-1-4": "0001-usb-1-1.4"}
+    sysfs.unplug(b)
+    (dev / "ttyUSB1").unlink()
+    sysfs.cp2102(port="1-1.3", node="ttyUSB2", minor=2)
+    mkdev(dev / "ttyUSB2", major=188, minor=2)
+    assert scan() == {"usb-serial-0001": "0001-usb-1-1.3"}

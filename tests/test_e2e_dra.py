@@ -336,3 +336,39 @@ def test_sigterm_removes_sockets_and_keeps_slices(node: Node, tmp_path: Path) ->
             assert not os.path.exists(node.root / "plugins" / DRIVER / "dra.sock")
             assert dra.api.slices, "slices stay for a restart; the kubelet wipes them if we never return"
     run(scenario())
+
+
+def test_a_path_rule_device_is_named_by_identity_and_prepare_checks_it(node: Node, tmp_path: Path) -> None:
+    """Issue 16, item 3, with the default config's ^ttyACM[0-9]*$: the u-blox at ttyACM0 is published
+    by its identity, not as ttyacm0. Then another modem takes its place behind the same node
+    (166:0) without any event under /dev, so the daemon's last scan still says u-blox: prepare
+    reads sysfs again and refuses the claim instead of handing the modem over."""
+    sys_root = tmp_path / "sys"
+    sysfs = FakeSysfs(str(sys_root))
+    ublox = sysfs.ublox(port="1-1.1", node="ttyACM0")
+    mkdev(node.dev / "ttyACM0", major=ublox.major, minor=ublox.minor)
+    name = "ttyacm-7a3f21c4-if00"
+
+    async def scenario() -> None:
+        async with dra_node(node, sys_root, "- devicematch: ^ttyACM[0-9]*$\n  nummaxdevices: 1\n") as dra:
+            api = dra.api
+            await wait_for(lambda: set(api.devices(NODE)) == {name}, 10, "slices")
+            attributes = api.devices(NODE)[name]["attributes"]
+            assert attributes["identity"] == {"string": "7A3F21C4-if00"}
+            assert attributes["idVendor"] == {"string": "1546"}
+            sysfs.unplug(ublox)
+            sysfs.ublox(port="1-1.5", node="ttyACM0", minor=0, serial="OTHER")
+            api.add_claim("default", "gps", "uid-gps", [
+                {"request": "gps", "driver": DRIVER, "pool": NODE, "device": name}])
+            answer = await dra.kubelet.prepare(DRIVER, ("default", "gps", "uid-gps"))
+            error = answer.claims["uid-gps"].error
+            assert (f"device {name} was allocated as 7A3F21C4-usb-1-1.1-if00, but /dev/ttyACM0 is now "
+                    "OTHER-usb-1-1.5-if00; refused") in error, error
+            assert not answer.claims["uid-gps"].devices
+            # A rescan (SIGHUP) publishes the modem under its own name; the u-blox's name is gone.
+            dra.proc.popen.send_signal(signal.SIGHUP)
+            await wait_for(lambda: set(api.devices(NODE)) == {"ttyacm-other-if00"}, 10, "slices")
+            again = await dra.kubelet.prepare(DRIVER, ("default", "gps", "uid-gps"))
+            assert f"device {name} is no longer on node {NODE}" in again.claims["uid-gps"].error
+
+    run(scenario())

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from smarter_device_manager import __version__, cdi
 from smarter_device_manager.config import reread
 from smarter_device_manager.discovery import KIND_DIRECTORY, directory_nodes, discover
-from smarter_device_manager.dra.devices import DraDevice, Paths, cdi_device, dra_devices
+from smarter_device_manager.dra.devices import DraDevice, Paths, cdi_device, dra_devices, keep_names
 from smarter_device_manager.dra.kube import Cluster, KubeClient
 from smarter_device_manager.dra.locks import CLAIMS_LOCK, POLL, PUBLISHER_LOCK, FileLock
 from smarter_device_manager.dra.node import Checkpoint, NodeService
@@ -105,8 +105,9 @@ class DraDaemon:
         self.metrics.collectors.append(self._samples)
         self.client = KubeClient(cluster)
         self.cluster = cluster
-        self.paths = Paths(s.dev_dir, s.host_dev_dir)
+        self.paths = Paths(s.dev_dir, s.host_dev_dir, s.sys_dir)
         self.devices: dict[str, DraDevice] = {}
+        self._bound: dict[str, str] = {}  # DRA name -> the fingerprint it was first published for
         self.checkpoint = Checkpoint(s.state_dir)
         self.publisher_lock = FileLock(os.path.join(s.state_dir, PUBLISHER_LOCK))
         self.node = NodeService(s.driver, s.node, self.client, lambda: self.devices, self.refresh_spec,
@@ -293,6 +294,7 @@ class DraDaemon:
         if self._watcher is not None:
             self._watcher.sync_dev_dirs(inventory.directories)
         devices, problems = dra_devices(inventory, s.prefix, s.dev_dir, s.sys_dir)
+        devices = keep_names(devices, self._bound)
         fresh = frozenset(inventory.problems) | frozenset(problems)
         for problem in sorted(fresh - self._problems):
             log.warning("%s", problem)

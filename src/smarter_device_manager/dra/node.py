@@ -46,7 +46,7 @@ from grpclib.server import Stream
 from smarter_device_manager import cdi
 from smarter_device_manager.api import dra as pb
 from smarter_device_manager.discovery import KIND_DIRECTORY, directory_nodes
-from smarter_device_manager.dra.devices import DraDevice, Paths, claim_cdi_devices
+from smarter_device_manager.dra.devices import DraDevice, Paths, claim_cdi_devices, fingerprint_now
 from smarter_device_manager.dra.kube import KubeClient, KubeError, path_of
 from smarter_device_manager.dra.locks import CLAIMS_WAIT, FileLock, LockTimeout
 from smarter_device_manager.dra.sharing import conflict, consumed_shares, is_admin
@@ -307,6 +307,14 @@ class NodeService(pb.DRAPluginService):
             if not (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)):
                 raise PrepareError(f"{who}: device {device.name}: /dev/{node.source} is no longer a "
                                    "device node")
+        if device.fingerprint and nodes:
+            # The last scan may be older than a re-enumeration: the node may be another device now.
+            now = fingerprint_now(self.paths.dev_dir, self.paths.sys_dir, nodes[0])
+            if now != device.fingerprint:
+                raise PrepareError(f"{who}: device {device.name} was allocated as {device.fingerprint}, "
+                                   f"but /dev/{nodes[0].source} is now "
+                                   f"{now or 'no device sysfs knows'}; refused. Delete the pod so "
+                                   "the claim can be allocated again")
 
     def _restore_claim_spec(self, uid: str, known: dict[str, Any]) -> None:
         """A prepared claim asked again: its claim spec must still be there (someone may have
