@@ -170,6 +170,7 @@ async def prepare_in_dra(tmp_path: Path, dev: Path, scanned: dict[str, Any], dev
     from smarter_device_manager.api import dra as dra_pb
     from smarter_device_manager.dra import kube
     from smarter_device_manager.dra.devices import Paths as DraPaths
+    from smarter_device_manager.dra.locks import FileLock
     from smarter_device_manager.dra.node import Checkpoint, NodeService
     from smarter_device_manager.metrics import Metrics
 
@@ -180,7 +181,8 @@ async def prepare_in_dra(tmp_path: Path, dev: Path, scanned: dict[str, Any], dev
         api.add_claim("ns", uid, uid, [{"request": "r", "driver": "d.io", "pool": "n1", "device": device}])
         service = NodeService("d.io", "n1", client, lambda: scanned, lambda: None,
                               DraPaths(str(dev), str(dev)), "smarter-devices", str(tmp_path / "cdi"),
-                              Checkpoint(str(tmp_path / "state")), Metrics())
+                              Checkpoint(str(tmp_path / "state")), Metrics(),
+                              FileLock(str(tmp_path / "state" / "claims.lock")))
         answer = await service.prepare(dra_pb.Claim(namespace="ns", name=uid, uid=uid))
         return str(answer.error)
     finally:

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from smarter_device_manager.naming import SOCKET_PATH_MAX
 from smarter_device_manager.options import (
     config_watch_dir,
     discovery_options,
@@ -62,6 +63,20 @@ def node_name(text: str) -> str:
     return text
 
 
+_POD_UID = re.compile(r"^[0-9a-z]([0-9a-z-]{0,34}[0-9a-z])?$")
+
+
+def pod_uid(text: str) -> str:
+    """This pod's UID (downward API ``metadata.uid``), a part of our socket names: lowercase
+    letters, digits and '-', at most 36 characters (a UUID). Empty: the fixed names of old."""
+    if text and not _POD_UID.match(text):
+        raise argparse.ArgumentTypeError(
+            f"pod UID {text!r} is not a pod UID (a UUID like 6f1c1d7e-0b1f-4c35-9f55-3b0f1f0c2a9e: "
+            "lowercase letters, digits and '-', at most 36 characters); the chart sets it from the "
+            "pod's metadata.uid")
+    return text
+
+
 def absolute_dir(text: str) -> str:
     if not text.startswith("/"):
         raise argparse.ArgumentTypeError(f"{text!r} is not an absolute path")
@@ -102,6 +117,11 @@ def add_parser(sub: Any) -> Any:
     dra.add_env_option("--state-dir", absolute_dir, None, metavar="DIR",
                        help="where the checkpoint of prepared claims is kept (default "
                        "<kubelet-plugins-dir>/<driver>)")
+    dra.add_env_option("--pod-uid", pod_uid, "", metavar="UID",
+                       help="this pod's UID (the chart sets it from metadata.uid): names our sockets "
+                       "<driver>-<uid>-reg.sock and dra-<uid>.sock so that a new pod can run beside the "
+                       "old one during a rolling update (kubelet 1.33+); default: the fixed names "
+                       "<driver>-reg.sock and dra.sock")
     dra.add_env_option("--log-level", _one_of("debug", "info", "warning", "error"), "info",
                        metavar="{debug,info,warning,error}", help="what to log (default info)")
     dra.add_env_option("--log-format", _one_of("text", "json"), "text", metavar="{text,json}",
@@ -164,7 +184,15 @@ def run(args: argparse.Namespace) -> int:
         state_dir=args.state_dir or os.path.join(args.kubelet_plugins_dir, args.driver_name),
         http_host=http[0] if http else None,
         http_port=http[1] if http else 0,
+        pod_uid=args.pod_uid,
     )
+
+    for sock, where in ((settings.registration_socket, "--kubelet-registry-dir, --driver-name, --pod-uid"),
+                        (settings.endpoint, "--kubelet-plugins-dir, --driver-name, --pod-uid")):
+        if len(sock.encode()) > SOCKET_PATH_MAX:
+            log.error("not starting: the socket path %s is %d bytes, longer than a unix socket path may "
+                      "be (%d); shorten %s", sock, len(sock.encode()), SOCKET_PATH_MAX, where)
+            return 2
 
     async def main() -> int:
         return await DraDaemon(settings, config, cluster).run()
