@@ -887,3 +887,39 @@ def test_a_dra_name_never_goes_to_another_twin(tmp_path: Path) -> None:
     sysfs.cp2102(port="1-1.3", node="ttyUSB2", minor=2)
     mkdev(dev / "ttyUSB2", major=188, minor=2)
     assert scan() == {"usb-serial-0001": "0001-usb-1-1.3"}
+
+
+def test_bound_names_outlive_the_daemon_and_two_daemons_share_them(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """names.json (dra/boundnames.py): what one daemon bound, the next (or the other pod of a
+    rolling update) keeps; a write over the other's is repaired by the other's next look."""
+    from smarter_device_manager.dra.boundnames import BoundNames
+
+    old, new = BoundNames(str(tmp_path)), BoundNames(str(tmp_path))
+    old.load()
+    old.bound["usb-serial-0001"] = "0001-usb-1-1.3"
+    old.save()
+    new.load()
+    assert new.bound == {"usb-serial-0001": "0001-usb-1-1.3"}
+    new.bound["usb-serial-0001-0001-usb-1-1-4"] = "0001-usb-1-1.4"
+    old.bound["ttyacm-x"] = "X-usb-1-1.1"
+    new.save()
+    old.save()  # over new's write: new's name is not in the file now
+    new.refresh()
+    new.save()
+    old.refresh()
+    want = {"usb-serial-0001": "0001-usb-1-1.3", "usb-serial-0001-0001-usb-1-1-4": "0001-usb-1-1.4",
+            "ttyacm-x": "X-usb-1-1.1"}
+    assert old.bound == new.bound == want
+    assert BoundNames(str(tmp_path)).bound == {}
+    fresh = BoundNames(str(tmp_path))
+    fresh.load()
+    assert fresh.bound == want
+    for text in ('{"kind": "smarter-device-manager/dra-names", "version": 1, "names": {"a": 1}}',
+                 '{"kind": "smarter-device-manager/dra-names", "version": 2, "names": {}}', "\xff"):
+        (tmp_path / "names.json").write_text(text)
+        caplog.clear()
+        broken = BoundNames(str(tmp_path))
+        broken.load()
+        assert broken.bound == {}
+        assert [r.levelname for r in caplog.records] == ["WARNING"], text

@@ -27,27 +27,47 @@ VERSION = 1
 
 
 class BoundNames:
+    """The names bound so far, and the file that keeps them.
+
+    Two daemons may run on a node at once (a rolling update, docs/dra.md): each reads the file
+    again whenever it changed (a ``stat`` per rescan) and takes the names the other bound, then
+    writes the union if it has names the file lacks. No lock is needed: a write that lands over
+    the other's is repaired by the other's next rescan, which sees the file changed and writes
+    the union again.
+    """
+
     def __init__(self, state_dir: str) -> None:
         self.path = os.path.join(state_dir, FILE)
         self.bound: dict[str, str] = {}  # DRA name -> the fingerprint it was first published for
-        self._written: dict[str, str] = {}
+        self._written: dict[str, str] = {}  # what the file holds
+        self._seen: tuple[int, int, int] | None = None  # the file's (inode, mtime, size) when read
         self._error: str | None = None
 
     def load(self) -> None:
+        """Read the file at start (a bad one: a warning, and the names start empty)."""
+        self.refresh()
+        if self.bound:
+            log.info("state %s: %d DRA names bound to their devices", self.path, len(self.bound))
+
+    def refresh(self) -> None:
+        """Take the names another daemon wrote since we last looked (ours win a conflict)."""
+        seen = self._stat()
+        if seen is None or seen == self._seen:
+            return
+        self._seen = seen
         doc = statefile.load(self.path, KIND, VERSION)
         names = doc.get("names") if doc is not None else None
         if doc is not None and not (isinstance(names, dict) and all(
                 isinstance(k, str) and isinstance(v, str) and k and v for k, v in names.items())):
             log.warning("state file %s: 'names' is not a map of names to fingerprints; starting "
                         "without it", self.path)
-            return
-        if names:
-            self.bound = dict(names)
-            self._written = dict(names)
-            log.info("state %s: %d DRA names bound to their devices", self.path, len(names))
+            names = None
+        self._written = dict(names or {})
+        for name, fingerprint in self._written.items():
+            self.bound.setdefault(name, fingerprint)
 
     def save(self) -> None:
-        """Write the names if any was bound since the last write."""
+        """Write the names if the file lacks any of ours."""
         if self.bound == self._written:
             return
         try:
@@ -62,3 +82,11 @@ class BoundNames:
             log.info("DRA names written to %s again", self.path)
         self._error = None
         self._written = dict(self.bound)
+        self._seen = self._stat()
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size

@@ -302,6 +302,7 @@ class DraDaemon:
         if self._watcher is not None:
             self._watcher.sync_dev_dirs(inventory.directories)
         devices, problems = dra_devices(inventory, s.prefix, s.dev_dir, s.sys_dir)
+        self.names.refresh()  # names another daemon (a rolling update's other pod) bound
         devices = keep_names(devices, self.names.bound)
         self.names.save()
         devices, unfit = fit(devices)  # what the API server would refuse stays out, said
