@@ -923,3 +923,48 @@ def test_bound_names_outlive_the_daemon_and_two_daemons_share_them(
         broken.load()
         assert broken.bound == {}
         assert [r.levelname for r in caplog.records] == ["WARNING"], text
+
+
+def test_the_supervisor_logs_shows_counts_and_restarts_a_task_that_fails(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """dra/supervise.py: a bug in a background task is never silent, and never the end of it."""
+    from smarter_device_manager.dra import supervise
+    from smarter_device_manager.metrics import Metrics
+
+    monkeypatch.setattr(supervise, "BACKOFF_START", 0.01)
+    monkeypatch.setattr(supervise, "STABLE", 0.2)
+    runs: list[int] = []
+    recovered = asyncio.Event()
+
+    async def work() -> None:
+        runs.append(1)
+        if len(runs) <= 3:
+            raise LookupError("unknown encoding: idna")
+        await asyncio.Event().wait()  # runs for ever, as a task should
+
+    done: list[int] = []
+
+    async def once() -> None:
+        done.append(1)
+
+    async def scenario() -> None:
+        metrics = Metrics(supervise.FAMILY)
+        supervisor = supervise.Supervisor(metrics)
+        supervisor.start("the writer", work)
+        supervisor.start("the lock", once, once=True)
+        while len(runs) < 4:
+            await asyncio.sleep(0.01)
+        assert supervisor.reasons() == ["internal error in the writer: LookupError: unknown encoding: "
+                                        "idna (3 times; started again with backoff)"]
+        assert 'dra_internal_errors_total{task="the writer"} 3' in metrics.render()
+        while supervisor.failures:
+            await asyncio.sleep(0.01)
+        recovered.set()
+        await supervisor.stop()
+
+    with caplog.at_level("INFO"):
+        asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert recovered.is_set()
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].exc_info is not None  # once, with its traceback
+    assert done == [1]  # a task that is done stays done

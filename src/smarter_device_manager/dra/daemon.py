@@ -36,6 +36,7 @@ from smarter_device_manager.dra.node import Checkpoint, NodeService, cdi_dir_pro
 from smarter_device_manager.dra.publisher import Publisher
 from smarter_device_manager.dra.registration import Registration
 from smarter_device_manager.dra.slices import fit
+from smarter_device_manager.dra.supervise import FAMILY, Supervisor
 from smarter_device_manager.grpcserver import UnixServer
 from smarter_device_manager.http import HttpServer
 from smarter_device_manager.metrics import Metrics, Sample
@@ -65,6 +66,7 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "config_reloads_total": ("counter", "Config files read after start, by result."),
     "hotplug_events_total": ("counter", "Filesystem events seen under the dev directory."),
     "rescans_total": ("counter", "Walks of the dev directory, by reason."),
+    **FAMILY,
 }
 
 
@@ -106,6 +108,7 @@ class DraDaemon:
         self._last_config_data = config.text.encode("utf-8")
         self.metrics = Metrics(FAMILIES)
         self.metrics.collectors.append(self._samples)
+        self.supervisor = Supervisor(self.metrics)
         self.client = KubeClient(cluster)
         self.cluster = cluster
         self.paths = Paths(s.dev_dir, s.host_dev_dir, s.sys_dir)
@@ -213,9 +216,9 @@ class DraDaemon:
         await self._dra_server.serve()
         await self._reg_server.serve()
         log.info("serving %s; registering through %s", s.endpoint, s.registration_socket)
-        tasks = [asyncio.create_task(self._work(), name="worker"),
-                 asyncio.create_task(self.publisher.run(), name="publisher"),
-                 asyncio.create_task(self._lead(), name="leader")]
+        tasks = [self.supervisor.start("the rescan worker", self._work),
+                 asyncio.create_task(self.publisher.run(self.supervisor), name="publisher"),
+                 self.supervisor.start("the publisher lock", self._lead, once=True)]
         await self._stop.wait()
         log.info("stopping: removing our sockets (the slices stay: the kubelet removes them if we do not "
                  "come back)")
@@ -246,6 +249,8 @@ class DraDaemon:
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
+        if self._dev_dirty or self._config_dirty or self._sockets_dirty:
+            self._wake.set()  # started again after a bug: what it had not done yet
         while True:
             await self._wake.wait()
             first = loop.time()
@@ -256,15 +261,22 @@ class DraDaemon:
                     break
                 await asyncio.sleep(min(quiet_left, first + MAX_DELAY - now))
             self._wake.clear()
-            try:
-                await self._settle()
-            except Exception:  # a bug must not kill the loop that keeps the node served
-                log.exception("internal error while applying changes; will retry on the next event")
+            await self._settle()  # a bug: logged, shown and retried by the supervisor (supervise.py)
 
     async def _settle(self) -> None:
         config_dirty, self._config_dirty = self._config_dirty, False
         dev_dirty, self._dev_dirty = self._dev_dirty, False
         sockets_dirty, self._sockets_dirty = self._sockets_dirty, False
+        try:
+            await self._apply(config_dirty, dev_dirty, sockets_dirty)
+        except BaseException:
+            # Work is dropped only once it is done: the restarted worker picks it up again.
+            self._config_dirty |= config_dirty
+            self._dev_dirty |= dev_dirty
+            self._sockets_dirty |= sockets_dirty
+            raise
+
+    async def _apply(self, config_dirty: bool, dev_dirty: bool, sockets_dirty: bool) -> None:
         if config_dirty and self._reload_config():
             dev_dirty = True
         if sockets_dirty:
@@ -397,7 +409,7 @@ class DraDaemon:
             reasons.append(self.publisher.watch_problem)
         elif self.registered and not self.publisher.watching and not self.publisher.error:
             reasons.append("the watch on our ResourceSlices is not running")
-        return reasons
+        return reasons + self.supervisor.reasons()
 
     def _readyz(self) -> tuple[int, str, str]:
         reasons = self.readiness()
