@@ -515,6 +515,48 @@ def test_read_spec_of_a_corrupted_file_is_none(tmp_path: Path, content: bytes) -
     assert read_spec(str(tmp_path), "s.json") == big_spec("a", 2)
 
 
+def _without_hanging(fifo: Path, call: Any) -> Any:
+    """Run ``call`` in a thread; if it is still blocked (on the FIFO) after 30 s, release it by
+    opening the FIFO's other end, and fail."""
+    result: list[Any] = []
+    worker = threading.Thread(target=lambda: result.append(call()), daemon=True)
+    worker.start()
+    worker.join(30)
+    if worker.is_alive():
+        if stat.S_ISFIFO(os.lstat(fifo).st_mode):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(30)
+        pytest.fail(f"{call} blocked on the special file at the spec path")
+    return result[0] if result else None
+
+
+@pytest.mark.parametrize("what", ["fifo", "symlink", "symlink to a fifo", "chardev"])
+def test_a_special_file_at_the_spec_path_is_replaced_not_read(tmp_path: Path, what: str) -> None:
+    """Anyone who can write the CDI directory could leave a FIFO (or a link to /dev/zero) at our
+    file's name: the daemon, `dra` and `cdi --write` must not hang on it nor follow it."""
+    if what == "chardev" and not IS_ROOT:
+        pytest.skip("mknod needs root")
+    path = tmp_path / "s.json"
+    outside = tmp_path / "outside"
+    if what == "fifo":
+        os.mkfifo(path)
+    elif what == "symlink":
+        outside.write_text(json.dumps(big_spec("a", 1)))
+        path.symlink_to(outside)
+    elif what == "symlink to a fifo":
+        os.mkfifo(outside)
+        path.symlink_to(outside)
+    else:
+        os.mknod(path, stat.S_IFCHR | 0o644, os.makedev(1, 5))  # /dev/zero: reads never end
+    fifo = outside if what == "symlink to a fifo" else path
+    assert _without_hanging(fifo, lambda: read_spec(str(tmp_path), "s.json")) is None
+    assert _without_hanging(fifo, lambda: write_spec(str(tmp_path), "s.json", big_spec("a", 1))) is True
+    assert stat.S_ISREG(os.lstat(path).st_mode)
+    assert read_spec(str(tmp_path), "s.json") == big_spec("a", 1)
+    if what == "symlink":
+        assert json.loads(outside.read_text()) == big_spec("a", 1)  # untouched, not written through
+
+
 def test_read_and_remove_of_a_missing_file(tmp_path: Path) -> None:
     assert read_spec(str(tmp_path), "s.json") is None
     remove_spec(str(tmp_path), "s.json")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -24,7 +25,7 @@ import pytest
 from conftest import Node, mkdev, needs_root
 from fakesysfs import FakeSysfs
 from kubelet_standin import KubeletStandin
-from test_cdi import RUN, CdiSchema, _podman, busybox_image, cdi_schema, run_kind
+from test_cdi import RUN, CdiSchema, _podman, _without_hanging, busybox_image, cdi_schema, run_kind
 
 from smarter_device_manager.cdi import DEFAULT_DIR, read_spec, spec_file_name
 from smarter_device_manager.config import parse_config
@@ -338,6 +339,32 @@ def test_cdi_command_prints_writes_and_removes(host: Host, cdi_schema: CdiSchema
     assert rows["smarter-devices/serials"]["cdi"] == [f"{KIND}=serials:S1", f"{KIND}=serials:S2"]
     assert sdm("cdi", "--cdi-dir", str(host.cdi), "--remove").returncode == 0
     assert not (host.cdi / SPEC).exists()
+
+
+def test_a_fifo_at_the_spec_path_does_not_hang_cdi_write_or_the_keeper(host: Host) -> None:
+    """A FIFO left at our file's name blocked `cdi --write` (and `serve --cdi on`, and `dra`,
+    which share the reader) in open() for good; now it is replaced by the spec."""
+    os.mkfifo(host.cdi / SPEC)
+    config = host.root / "conf.yaml"
+    config.write_text(host.config)
+    try:
+        written = sdm("cdi", "--config", str(config), "--dev-dir", str(host.dev), "--sys-dir",
+                      str(host.root / "sys"), "--write", "--cdi-dir", str(host.cdi))
+    except subprocess.TimeoutExpired:
+        os.close(os.open(host.cdi / SPEC, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("cdi --write hung on a FIFO at the spec path")
+    assert written.returncode == 0, written.stderr
+    assert stat.S_ISREG(os.lstat(host.cdi / SPEC).st_mode)
+    assert "gps" in edits(host.spec())
+    # The daemon's keeper: a FIFO swapped in behind its back is noticed and replaced.
+    keeper = host.keeper()
+    keeper.sync(host.inventory())
+    (host.cdi / SPEC).unlink()
+    os.mkfifo(host.cdi / SPEC)
+    _without_hanging(host.cdi / SPEC, keeper.repair)
+    assert keeper.error is None
+    assert stat.S_ISREG(os.lstat(host.cdi / SPEC).st_mode)
+    assert "gps" in edits(host.spec())
 
 
 @pytest.mark.parametrize(("args", "message"), [
