@@ -1,7 +1,7 @@
 """CDI specs: names, versions, the official JSON schema, atomic files, and a real Podman.
 
 The schema is the CDI project's own (schema.json + defs.json), taken from Debian's package of
-the CDI Go library, which .ci/run unpacks; nothing of it is copied into this repo. The Podman
+the CDI Go library, which scripts/test-deps.sh unpacks; nothing of it is copied into this repo. The Podman
 test writes a spec into /var/run/cdi (Podman 4.3 reads only /etc/cdi and /var/run/cdi) under a
 kind unique to the run, starts a busybox container asking for the device by its CDI name, and
 removes the spec again.
@@ -50,22 +50,44 @@ from smarter_device_manager.cdi import (
 
 IN_CI = os.environ.get("CI") == "true"
 # Where Debian's golang-github-container-orchestrated-devices-container-device-interface-dev puts
-# the schema when installed, and where .ci/run unpacks the same .deb instead (it sets
-# SDM_CDI_SCHEMA_DIR to whichever it used).
+# the schema when installed, and where scripts/test-deps.sh unpacks the same .deb instead (test.sh
+# sets SDM_CDI_SCHEMA_DIR to whichever it used; ~/.cache/sdm-ci when not root).
 _SCHEMA_REL = ("usr/share/gocode/src/github.com/container-orchestrated-devices/"
                "container-device-interface/schema")
 _CDI_PKG = "golang-github-container-orchestrated-devices-container-device-interface-dev"
 SCHEMA_DIRS = [d for d in (os.environ.get("SDM_CDI_SCHEMA_DIR"), f"/{_SCHEMA_REL}",
-                           f"/var/cache/sdm-ci/{_CDI_PKG}/{_SCHEMA_REL}") if d]
+                           f"/var/cache/sdm-ci/{_CDI_PKG}/{_SCHEMA_REL}",
+                           os.path.expanduser(f"~/.cache/sdm-ci/{_CDI_PKG}/{_SCHEMA_REL}")) if d]
 # What the CDI library (every version) accepts as a device name.
 CDI_DEVICE_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.:-]*[A-Za-z0-9])?$")
 
 
 def _unavailable(reason: str) -> None:
-    """Skip where a tool is truly absent; in CI it must be there (.ci/run installs it)."""
+    """Skip where a tool is truly absent; in CI it must be there (scripts/test.sh installs it)."""
     if IN_CI:
-        pytest.fail(f"{reason} (.ci/run should have installed it)")
+        pytest.fail(f"{reason} (scripts/test-deps.sh should have installed it)")
     pytest.skip(reason)
+
+
+def test_the_readme_test_command_prepares_what_ci_prepares(tmp_path: Path) -> None:
+    """The README's ./scripts/test.sh skipped the schema tests: only .ci/run fetched the schema
+    and exported SDM_CDI_SCHEMA_DIR. Now CI adds nothing to the command's environment, and
+    test.sh gets the schema, Podman and busybox-static itself (scripts/test-deps.sh)."""
+    root = Path(__file__).resolve().parents[1]
+    ci = (root / ".ci" / "run").read_text()
+    assert "export " not in ci and "SDM_CDI_SCHEMA_DIR" not in ci and "podman" not in ci
+    assert ci.rstrip().endswith("exec ./scripts/test.sh")
+    test_sh = (root / "scripts" / "test.sh").read_text()
+    assert 'eval "$(./scripts/test-deps.sh)"' in test_sh
+    assert test_sh.index("test-deps.sh") < test_sh.index("pytest")
+    # The script names the schema it found, without installing anything when told not to.
+    schema = tmp_path / "schema"
+    schema.mkdir()
+    (schema / "schema.json").write_text("{}")
+    env = {**os.environ, "SDM_TEST_NO_INSTALL": "1", "SDM_CDI_SCHEMA_DIR": str(schema)}
+    found = subprocess.run([str(root / "scripts" / "test-deps.sh")], capture_output=True, text=True,
+                           env=env, timeout=60, check=True)
+    assert found.stdout == f"export SDM_CDI_SCHEMA_DIR={schema}\n"
 
 
 # --- the official schema ---------------------------------------------------------------------
