@@ -119,7 +119,7 @@ def _check_config(path: str) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     from smarter_device_manager.discovery import discover
-    from smarter_device_manager.listing import describe_inventory, render_table
+    from smarter_device_manager.listing import describe_inventory, printable, render_table
 
     config = load_or_exit(resolve_config(args.config)[0])
     if config is None:
@@ -127,7 +127,7 @@ def _list(args: argparse.Namespace) -> int:
     inventory = discover(args.dev_dir, config, args.resource_prefix, args.sys_dir,
                          args.pass_device_specs)
     for problem in inventory.problems:
-        print(f"warning: {problem}", file=sys.stderr)
+        print(f"warning: {printable(problem)}", file=sys.stderr)
     rows = describe_inventory(inventory, args.resource_prefix, args.dev_dir, args.sys_dir, args.all)
     if args.cdi == "on":
         _add_cdi_names(rows, inventory, args.cdi_kind)
