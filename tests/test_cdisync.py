@@ -341,6 +341,38 @@ def test_cdi_command_prints_writes_and_removes(host: Host, cdi_schema: CdiSchema
     assert not (host.cdi / SPEC).exists()
 
 
+def test_cdi_command_says_what_it_did(host: Host, tmp_path: Path) -> None:
+    """`--remove` claimed "removed" with nothing there; `--write` into a missing directory
+    printed the daemon's "answering Allocate without CDI" line, and with no device claimed to
+    have written "0 devices: " into it; one device was "1 devices"."""
+    config = host.root / "conf.yaml"
+    config.write_text("- {devicematch: ^video0$, nummaxdevices: 1}\n")
+    common = ["--config", str(config), "--dev-dir", str(host.dev), "--sys-dir", str(host.root / "sys")]
+    gone = sdm("cdi", "--cdi-dir", str(host.cdi), "--remove")
+    assert (gone.returncode, gone.stdout, gone.stderr) == (
+        0, f"nothing to remove: {host.cdi / SPEC} does not exist\n", "")
+    missing = sdm("cdi", *common, "--write", "--cdi-dir", str(tmp_path / "missing"))
+    assert (missing.returncode, missing.stdout) == (1, "")
+    assert missing.stderr == (f"error: CDI directory {tmp_path / 'missing'} does not exist (mount the "
+                              "host's CDI directory there, or run with --cdi off)\n")
+    one = sdm("cdi", *common, "--write", "--cdi-dir", str(host.cdi))
+    assert (one.returncode, one.stdout, one.stderr) == (
+        0, f"wrote {host.cdi / SPEC}: 1 device: {KIND}=video0\n", "")
+    config.write_text("- {devicematch: ^nothing$, nummaxdevices: 1}\n")
+    none = sdm("cdi", *common, "--write", "--cdi-dir", str(host.cdi))
+    assert (none.returncode, none.stdout) == (1, "")
+    assert none.stderr == f"error: no device to put in a CDI spec; {host.cdi / SPEC} not written\n"
+    assert not (host.cdi / SPEC).exists()  # the old spec named a device that is not here
+    assert not (tmp_path / "missing").exists()  # never created
+    (host.cdi / SPEC).write_text("{}")
+    removed = sdm("cdi", "--cdi-dir", str(host.cdi), "--remove")
+    assert (removed.returncode, removed.stdout, removed.stderr) == (0, f"removed {host.cdi / SPEC}\n", "")
+    (tmp_path / "file").write_text("")
+    blocked = sdm("cdi", "--cdi-dir", str(tmp_path / "file"), "--remove")
+    assert blocked.returncode == 1 and blocked.stderr.startswith(f"error: cannot remove {tmp_path}/file/")
+    assert "Traceback" not in blocked.stderr
+
+
 def test_a_fifo_at_the_spec_path_does_not_hang_cdi_write_or_the_keeper(host: Host) -> None:
     """A FIFO left at our file's name blocked `cdi --write` (and `serve --cdi on`, and `dra`,
     which share the reader) in open() for good; now it is replaced by the spec."""

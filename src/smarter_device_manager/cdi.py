@@ -404,7 +404,10 @@ def _read_regular(path: str, limit: int) -> bytes | None:
         os.close(fd)
 
 
-def remove_spec(cdi_dir: str, file_name: str) -> None:
-    """Delete the spec file; a missing one is already what we want."""
-    with contextlib.suppress(FileNotFoundError):
+def remove_spec(cdi_dir: str, file_name: str) -> bool:
+    """Delete the spec file; False when there was none (already what we want)."""
+    try:
         os.unlink(os.path.join(cdi_dir, file_name))
+    except FileNotFoundError:
+        return False
+    return True
