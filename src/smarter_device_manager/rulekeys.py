@@ -360,8 +360,10 @@ def _parse_count(node: yaml.Node, index: int, out: Collector) -> int | None:
         out.error(line, index, f"'nummaxdevices' must be a whole number from 0 to {MAX_DEVICES}, "
                   f"got {shown!r}; write e.g. nummaxdevices: 10")
         return None
-    value = yaml.SafeLoader("").construct_yaml_int(node)
-    if not _DECIMAL.fullmatch(node.value):
+    if _DECIMAL.fullmatch(node.value):
+        value = int(node.value)
+    else:
+        value = yaml.SafeLoader("").construct_yaml_int(node)  # only to say what YAML made of it
         # YAML 1.1 (PyYAML) reads 010 as octal 8, 1:30 as base 60 (90), and also takes
         # 0x10, 0b10, 1_000 and +5: a count nobody meant. Plain decimal digits only.
         out.error(line, index, f"'nummaxdevices' must be written in plain decimal digits, got "
