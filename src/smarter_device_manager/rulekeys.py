@@ -26,6 +26,16 @@ WELL_KNOWN_ATTRIBUTES = ("idVendor", "idProduct", "serial", "manufacturer", "pro
                          "subsystem")
 # A variable prefix the daemon writes itself (which devices a container got, and where).
 ENV_PREFIX = "SMARTER_DEVICES_"
+IDS_SUFFIX = "_IDS"  # a pool's <PREFIX>_<NAME>_IDS: the identities it handed over
+
+
+def variable_part(name: str) -> str:
+    """The part of ``<PREFIX>_<NAME>`` a resource name gives (``usb-serial`` -> ``USB_SERIAL``),
+    as both modes write it (handover.env_name, dra.devices.env_name): every character that is
+    not an ASCII letter or digit becomes '_', so ``gps-a`` and ``gps_a`` give one variable."""
+    return "".join(c if c.isalnum() and c.isascii() else "_" for c in name.upper())
+
+
 # Host paths a mount may not expose: the process table, device nodes (only the device
 # checks may hand those over) and the kubelet's own sockets and state.
 FORBIDDEN_HOST_PATHS = ("/proc", "/dev", "/var/lib/kubelet")
