@@ -27,6 +27,7 @@ from fakesysfs import FakeSysfs
 from kubelet_standin import KubeletStandin
 from test_cdi import RUN, CdiSchema, _podman, _without_hanging, busybox_image, cdi_schema, run_kind
 
+from smarter_device_manager import mountpolicy
 from smarter_device_manager.cdi import DEFAULT_DIR, read_spec, spec_file_name
 from smarter_device_manager.config import parse_config
 from smarter_device_manager.deviceplugin.cdisync import CdiKeeper, CdiSettings
@@ -98,7 +99,11 @@ class Host:
 
 
 @pytest.fixture
-def host(tmp_path: Path) -> Host:
+def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Host:
+    # The GPS mount's stand-in is in the test's directory, outside the trees a mount may expose:
+    # the deployer's escape hatch allows it, here and in the daemons and commands started.
+    monkeypatch.setattr(mountpolicy, "_extra", (str(tmp_path),))
+    monkeypatch.setenv(mountpolicy.VARIABLE, str(tmp_path))
     return Host(tmp_path)
 
 
@@ -248,7 +253,7 @@ def test_allocate_names_the_devices_the_spec_on_disk_defines(node: Node, tmp_pat
         kubelet = KubeletStandin(str(node.plugins))
         await kubelet.start()
         node.start("--sys-dir", str(host.root / "sys"), "--cdi", "on", "--cdi-dir", str(host.cdi),
-                   "--http-address", "127.0.0.1:0")
+                   "--http-address", "127.0.0.1:0", "--allow-mount-prefix", str(host.root))
         await kubelet.wait_for(lambda: kubelet.healthy("smarter-devices/gps") == 1
                                and kubelet.healthy("smarter-devices/serials") == 2, timeout=30)
         defined = set(edits(host.spec()))

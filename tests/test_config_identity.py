@@ -158,10 +158,10 @@ def test_nvidia_gpu_keyword_is_a_rule_of_its_own() -> None:
     ("- {subsystem: tty, mounts: [{hostpath: /opt/../etc, containerpath: /x}], nummaxdevices: 1}",
      "conf.yaml:1: rule 1: 'hostpath' '/opt/../etc' must be a plain absolute path without '..', '.', "
      "'//' or a trailing '/'"),
-    ("- {subsystem: tty, mounts: [{hostpath: /opt/x}], nummaxdevices: 1}",
+    ("- {subsystem: tty, mounts: [{hostpath: /usr/share/x}], nummaxdevices: 1}",
      "conf.yaml:1: rule 1: mount needs containerpath, e.g. mounts: [{hostpath: /sys/class/gpio, "
      "containerpath: /sys/class/gpio}]"),
-    ("- {subsystem: tty, containerpath: /dev/x, mounts: [{hostpath: /opt/x, containerpath: /dev/x}], "
+    ("- {subsystem: tty, containerpath: /dev/x, mounts: [{hostpath: /usr/share/x, containerpath: /dev/x}], "
      "nummaxdevices: 1}",
      "conf.yaml:1: rule 1: container path /dev/x is used twice in this rule; give each mount and the "
      "device its own path"),

@@ -202,10 +202,15 @@ def _device_entry(device: CdiDevice) -> dict[str, Any]:
     if device.nodes:
         edits["deviceNodes"] = [_node_edit(device.name, node) for node in device.nodes]
     if device.mounts:
+        from smarter_device_manager.mountpolicy import host_problem
+
         for host, container in device.mounts:
             if not host.startswith("/") or not container.startswith("/"):
                 raise CdiError(f"CDI device {device.name!r}: mount {host!r} -> {container!r} "
                                "needs absolute paths")
+            problem = host_problem(host, missing_ok=True)  # a socket or FIFO never goes in
+            if problem:
+                raise CdiError(f"CDI device {device.name!r}: {problem}")
         edits["mounts"] = [
             {"hostPath": host, "containerPath": container, "options": list(READ_ONLY_BIND)}
             for host, container in device.mounts

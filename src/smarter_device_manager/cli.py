@@ -21,6 +21,7 @@ from smarter_device_manager.options import (
     cdi_options,
     discovery_options,
     load_or_exit,
+    mount_prefix_option,
     resolve_config,
 )
 
@@ -68,6 +69,7 @@ def _add_command(sub: Any, name: str) -> Parser:
     check: Parser = sub.add_parser("check-config",
                                    help="validate a config file: exit 0 if valid, 2 if not")
     check.add_argument("path")
+    mount_prefix_option(check)
     return check
 
 
@@ -81,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     command = parser.commands.get(args.command)
     if command is not None:
         command.take_env(args)
+    if getattr(args, "allow_mount_prefix", None):
+        from smarter_device_manager import mountpolicy
+
+        mountpolicy.allow(args.allow_mount_prefix)
     try:
         if args.command == "check-config":
             return _check_config(args.path)

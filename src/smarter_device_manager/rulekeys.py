@@ -12,6 +12,7 @@ import re
 
 import yaml
 
+from smarter_device_manager import mountpolicy
 from smarter_device_manager.rules import Mount, Rule
 
 KNOWN_KEYS = ("devicematch", "nummaxdevices", "name", "subsystem", "attributes", "pool",
@@ -36,9 +37,6 @@ def variable_part(name: str) -> str:
     return "".join(c if c.isalnum() and c.isascii() else "_" for c in name.upper())
 
 
-# Host paths a mount may not expose: the process table, device nodes (only the device
-# checks may hand those over) and the kubelet's own sockets and state.
-FORBIDDEN_HOST_PATHS = ("/proc", "/dev", "/var/lib/kubelet")
 # More copies of one device than any node can run containers (the kubelet's
 # max-pods tops out in the hundreds): a larger number is a typo, and each copy
 # costs a Device entry in every ListAndWatch message.
@@ -332,7 +330,12 @@ def _parse_mounts(node: yaml.Node | None, index: int, out: Collector) -> tuple[M
         missing = [k for k in MOUNT_KEYS if k not in fields]
         if missing:
             out.error(_line(item), index, f"mount needs {' and '.join(missing)}, e.g. {example}")
-        host = _parse_path(fields.get("hostpath"), "hostpath", index, out, FORBIDDEN_HOST_PATHS)
+        host = _parse_path(fields.get("hostpath"), "hostpath", index, out, mountpolicy.FORBIDDEN)
+        if host is not None:
+            problem = mountpolicy.config_problem(host)
+            if problem:
+                out.error(_line(fields["hostpath"]), index, f"'hostpath' {host!r} {problem}")
+                host = None
         target = _parse_path(fields.get("containerpath"), "containerpath", index, out, ("/proc",))
         if len(out.errors) > errors or host is None or target is None:
             ok = False
