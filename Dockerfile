@@ -15,11 +15,13 @@
 # records it in the image's org.opencontainers.image.base.digest label.
 FROM debian:trixie-slim AS builder
 
-# Debian's package versions are not pinned on purpose: trixie(-security) replaces them in place,
-# so a pinned version stops building at the next point release. The base digest is the pin.
+# openssl (the command, builder only): scripts/image-rootfs.py makes a certificate with it, to
+# run `dra` over TLS as on a real cluster. Debian's package versions are not pinned on purpose:
+# trixie(-security) replaces them in place, so a pinned version stops building at the next
+# point release. The base digest is the pin.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv \
+ && apt-get install -y --no-install-recommends python3 python3-venv openssl \
  && rm -rf /var/lib/apt/lists/*
 
 # PyPI has no 32-bit ARM wheels for PyYAML: pip builds it from source there. Keep that a
@@ -55,7 +57,8 @@ RUN python3 -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb")
 
 # Then the package itself (pure Python, nothing generated at build time), pip and setuptools
 # out of the venv, and the runtime's root filesystem assembled in /rootfs (the script runs the
-# CLI's commands, serve included, to find what is really imported: a smoke test of the build).
+# CLI's subcommands, serve and dra included, to find what is really imported: a smoke test of
+# the build; dra runs against tests/fake_apiserver.py, the one test file in the context).
 COPY . ./
 RUN /opt/venv/bin/pip install --no-cache-dir --no-compile --no-deps . \
  && /opt/venv/bin/pip uninstall --yes pip setuptools \
@@ -70,7 +73,7 @@ FROM scratch
 
 COPY --from=builder /rootfs /
 
-ARG VERSION=2.0.0
+ARG VERSION=2.1.0
 ARG REVISION=unknown
 ARG SOURCE=https://github.com/smarter-project/smarter-device-manager
 LABEL org.opencontainers.image.title="smarter-device-manager" \

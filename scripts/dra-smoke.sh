@@ -9,18 +9,29 @@
 # What it does, one PASS/FAIL line per check and DRA-SMOKE: PASS|FAIL at the end (exit 0 only if
 # every check passed):
 #   1. makes two test devices on this node, /dev/sdm-smoke0 and /dev/sdm-smoke1 (char 1:3, copies
-#      of /dev/null), and a rule selecting ^sdm-smoke[0-9]+$;
+#      of /dev/null), and a rule selecting ^sdm-smoke[0-9]+$; and /dev/sdm-ch340 (char 188:250), a
+#      CH340 clone whose USB manufacturer string is Chinese (75 bytes of UTF-8, 25 characters), in
+#      a fake sysfs tree the daemon reads instead of /sys (tests/fakesysfs.py; it also holds
+#      /dev/null's 1:3 as the real one does);
 #   2. deploys the daemon (chart rendered with dra.enabled=true; the device-plugin DaemonSet is
 #      left out) and waits until it is Ready (registered with the kubelet, slices published);
-#   3. checks the node's ResourceSlice: both devices with typed attributes;
+#   3. checks the node's ResourceSlice: the devices with typed attributes, sdm-ch340's manufacturer
+#      cut to at most 64 bytes on a character boundary (the API server counts bytes);
 #   4. a ResourceClaim selecting sdm-smoke0 BY ATTRIBUTE (CEL on path/subsystem/major), a pod using
 #      it runs and sees the device and the env; a second pod sharing the same claim sees it too;
 #   5. a pod from a ResourceClaimTemplate gets sdm-smoke1; /dev/sdm-share0 (nummaxdevices 2) is
 #      held by two claims at once (consumable capacity, Kubernetes >= 1.36) and a third waits;
+#      a prioritized list (firstAvailable): a request whose first subrequest no device satisfies,
+#      the second sdm-ch340, and a container naming the request gets the device;
 #   6. plugs /dev/sdm-smoke2 and unplugs it again: the slice follows (times shown);
 #   7. restarts the kubelet: it deletes the node's slices, the daemon publishes them again;
 #   8. deletes the pods: the claims are unprepared (daemon log, checkpoint, claim specs);
-#   9. cleans up everything it made (devices, objects, the daemon).
+#   9. pods written for device-plugin mode (DRAExtendedResource, beta and on in 1.36): the
+#      dra-classes controller makes a DeviceClass per resource name; deploy/example-client-pod.yaml,
+#      unchanged (resources.limits smarter-devices/ttyUSB0: 1), runs with /dev/ttyUSB0 (made as a
+#      copy of /dev/null when the node has none); a second copy waits until the first is deleted;
+#      three pods asking smarter-devices/sdm-share0: 1 (nummaxdevices 2): two run, the third waits;
+#  10. cleans up everything it made (devices, objects, classes, the daemon and the controller).
 #
 # Environment:
 #   SDM_SMOKE_IMAGE      image to deploy (default localhost/smarter-device-manager:dra, pull Never)
@@ -46,6 +57,12 @@ TMP=$(mktemp -d)
 FAILS=0
 T0=$(date +%s%N)
 DAEMON_PID=""
+CLASSES_PID=""
+MADE_TTY=""
+# DRA names (docs/dra.md): sdm-ch340 is a USB device in the fake sysfs, so it is named by its identity
+# (its kernel name without the number, then its port: no serial); the others are not USB devices.
+CH340_DEV=sdm-ch-usb-1-1-2
+EXPECTED_SLICE="$CH340_DEV sdm-share0 sdm-smoke0 sdm-smoke1 ttyusb0 "
 pass() { echo "PASS $*"; }
 fail() { echo "FAIL $*"; FAILS=$((FAILS + 1)); }
 note() { echo "     $*"; }
@@ -79,8 +96,11 @@ cleanup() {
   kubectl delete ns "$NS" --ignore-not-found --wait=false >/dev/null 2>&1
   if [[ -f $TMP/objects.yaml ]]; then kubectl delete -f "$TMP/objects.yaml" --ignore-not-found >/dev/null 2>&1; fi
   if [[ -n $DAEMON_PID && -d /proc/$DAEMON_PID ]]; then kill -TERM "$DAEMON_PID"; wait "$DAEMON_PID" 2>/dev/null; fi
+  if [[ -n $CLASSES_PID && -d /proc/$CLASSES_PID ]]; then kill -TERM "$CLASSES_PID"; wait "$CLASSES_PID" 2>/dev/null; fi
+  kubectl delete deviceclasses -l app.kubernetes.io/managed-by=smarter-device-manager-dra-classes >/dev/null 2>&1
+  [[ -n $MADE_TTY ]] && rm -f /dev/ttyUSB0
   kubectl delete resourceslices --field-selector "spec.nodeName=$NODE,spec.driver=$DRIVER" >/dev/null 2>&1
-  rm -f /dev/sdm-smoke0 /dev/sdm-smoke1 /dev/sdm-smoke2 /dev/sdm-share0
+  rm -f /dev/sdm-smoke0 /dev/sdm-smoke1 /dev/sdm-smoke2 /dev/sdm-share0 /dev/sdm-ch340
   # The node-wide CDI spec outlives the daemon on purpose (a container restarted while the driver
   # is away still finds its devices); this test's devices are gone, so its spec goes too.
   rm -f "/var/run/cdi/$DRIVER-device.json"
@@ -90,20 +110,39 @@ trap cleanup EXIT
 
 # ---- 1. test devices and the rule
 for i in smoke0 smoke1 share0; do rm -f "/dev/sdm-$i"; mknod -m 0666 "/dev/sdm-$i" c 1 3; done
-CONFIG='[{"devicematch": "^sdm-smoke[0-9]+$", "nummaxdevices": 1}, {"devicematch": "^sdm-share0$", "nummaxdevices": 2}]'
+# The example client pod asks for smarter-devices/ttyUSB0: a stand-in adapter when there is none.
+[[ -e /dev/ttyUSB0 ]] || { mknod -m 0666 /dev/ttyUSB0 c 1 3 && MADE_TTY=1; }
+rm -f /dev/sdm-ch340
+mknod -m 0666 /dev/sdm-ch340 c 188 250
+CJK_MAKER="深圳市沁恒微电子有限公司南京分公司制造的串口转换器"
+SYS=$TMP/sys
+"$PY" - "$HERE/tests" "$SYS" "$CJK_MAKER" <<'PYEOF' || fail "could not make the fake sysfs tree in $SYS"
+import sys
+sys.path.insert(0, sys.argv[1])
+from fakesysfs import FakeSysfs
+fake = FakeSysfs(sys.argv[2])
+fake.null()  # 1:3, subsystem mem: what sdm-smoke*, sdm-share0 (and a stand-in ttyUSB0) are copies of
+fake.usb_serial("1-1.2", "ttyUSB250", 250, vid="1a86", pid="7523", manufacturer=sys.argv[3],
+                product="USB Serial", serial=None, driver="ch341")
+PYEOF
+CONFIG='[{"devicematch": "^sdm-smoke[0-9]+$", "nummaxdevices": 1}, {"devicematch": "^sdm-share0$", "nummaxdevices": 2}, {"devicematch": "^sdm-ch340$", "nummaxdevices": 1}, {"devicematch": "^ttyUSB0$", "nummaxdevices": 1}]'
 wait_until 120 eval '[[ $(kubectl get ns "$NS" -o jsonpath="{.status.phase}" 2>/dev/null) != Terminating ]]' ||
   fail "namespace $NS is still terminating from an earlier run"
 kubectl create namespace "$NS" >/dev/null 2>&1
 kubectl label namespace "$NS" pod-security.kubernetes.io/enforce=privileged --overwrite >/dev/null
-pass "made /dev/sdm-smoke0, /dev/sdm-smoke1, /dev/sdm-share0 (char 1:3) on $NODE; rules ^sdm-smoke[0-9]+\$ (1), ^sdm-share0\$ (2)"
+pass "made /dev/sdm-smoke0, /dev/sdm-smoke1, /dev/sdm-share0 (char 1:3), /dev/sdm-ch340 (188:250, fake sysfs $SYS)${MADE_TTY:+, /dev/ttyUSB0} on $NODE; rules ^sdm-smoke[0-9]+\$ (1), ^sdm-share0\$ (2), ^sdm-ch340\$ (1), ^ttyUSB0\$ (1)"
 
 # ---- 2. the daemon
 if [[ $MODE == host ]]; then
-  printf -- '- devicematch: ^sdm-smoke[0-9]+$\n  nummaxdevices: 1\n- devicematch: ^sdm-share0$\n  nummaxdevices: 2\n' \
+  printf -- '- devicematch: ^sdm-smoke[0-9]+$\n  nummaxdevices: 1\n- devicematch: ^sdm-share0$\n  nummaxdevices: 2\n- devicematch: ^sdm-ch340$\n  nummaxdevices: 1\n- devicematch: ^ttyUSB0$\n  nummaxdevices: 1\n' \
     >"$TMP/conf.yaml"
   "$PY" -m smarter_device_manager dra --node-name "$NODE" --kubeconfig "${KUBECONFIG:-$HOME/.kube/config}" \
-    --config "$TMP/conf.yaml" --state-dir "$TMP/state" --http-address 127.0.0.1:18089 >"$TMP/daemon.log" 2>&1 &
+    --config "$TMP/conf.yaml" --state-dir "$TMP/state" --sys-dir "$SYS" --http-address 127.0.0.1:18089 >"$TMP/daemon.log" 2>&1 &
   DAEMON_PID=$!
+  # What the chart runs besides: the dra-classes controller (the admin kubeconfig here).
+  "$PY" -m smarter_device_manager dra-classes --kubeconfig "${KUBECONFIG:-$HOME/.kube/config}" --grace 30 \
+    --http-address 127.0.0.1:18090 >"$TMP/classes.log" 2>&1 &
+  CLASSES_PID=$!
   # What the chart would make besides the daemon: the DeviceClass users name in claims.
   cat >"$TMP/objects.yaml" <<EOF
 apiVersion: resource.k8s.io/v1
@@ -117,6 +156,7 @@ EOF
   ready() { [[ $(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:18089/readyz) == 200 ]]; }
   readyz() { curl -s http://127.0.0.1:18089/readyz; }
   metrics() { curl -s http://127.0.0.1:18089/metrics; }
+  classes_log() { cat "$TMP/classes.log"; }
 else
   API=${SDM_SMOKE_API_SERVER:-}
   if [[ -z $API ]] && ! kubectl -n kube-system get ds kube-proxy >/dev/null 2>&1; then
@@ -125,15 +165,15 @@ else
   fi
   VALUES=$("$PY" -c '
 import json, sys
-config, node, image, api = sys.argv[1:]
-dra = {"enabled": True}
+config, node, image, api, sys_dir = sys.argv[1:]
+dra = {"enabled": True, "hostSys": sys_dir}  # the fake sysfs tree (step 1) instead of /sys
 if api:
     dra["apiServer"] = {"host": api.rsplit(":", 1)[0], "port": int(api.rsplit(":", 1)[1])}
 print(json.dumps({"fullnameOverride": "sdm-smoke", "config": json.loads(config), "logLevel": "debug",
                   # this node only (null drops the chart default label; Helm merges maps)
                   "nodeSelector": {"smarter-device-manager": None, "kubernetes.io/hostname": node},
                   "image": {"repository": image.rsplit(":", 1)[0], "tag": image.rsplit(":", 1)[1],
-                            "pullPolicy": "Never"}, "dra": dra}))' "$CONFIG" "$NODE" "$IMAGE" "$API")
+                            "pullPolicy": "Never"}, "dra": dra}))' "$CONFIG" "$NODE" "$IMAGE" "$API" "$SYS")
   if command -v helm >/dev/null; then
     echo "$VALUES" >"$TMP/values.json"
     helm template sdm-smoke "$HERE/charts/smarter-device-manager" -n "$NS" -f "$TMP/values.json" >"$TMP/rendered.yaml"
@@ -161,6 +201,7 @@ print(yaml.safe_dump_all(keep))' "$TMP/rendered.yaml" >"$TMP/objects.yaml"
   ready() { [[ $(k get pods -l app.kubernetes.io/name=smarter-device-manager-dra -o jsonpath='{.items[0].status.conditions[?(@.type=="Ready")].status}' 2>/dev/null) == True ]]; }
   readyz() { kubectl get --raw "/api/v1/namespaces/$NS/pods/$(pod):8080/proxy/readyz" 2>&1; }
   metrics() { kubectl get --raw "/api/v1/namespaces/$NS/pods/$(pod):8080/proxy/metrics" 2>&1; }
+  classes_log() { k logs -l app.kubernetes.io/name=smarter-device-manager-dra-classes --tail=-1 2>/dev/null; }
 fi
 t=$(date +%s%N)
 if wait_until 120 ready; then
@@ -172,7 +213,7 @@ else
 fi
 
 # ---- 3. the slice
-if wait_until 20 eval '[[ $(slice_devices) == "sdm-share0 sdm-smoke0 sdm-smoke1 " ]]'; then
+if wait_until 20 eval '[[ $(slice_devices) == "$EXPECTED_SLICE" ]]'; then
   pass "ResourceSlice of $NODE lists: $(slice_devices)"
   kubectl get resourceslices --field-selector "spec.nodeName=$NODE,spec.driver=$DRIVER" \
     -o jsonpath='{.items[0].spec.devices}' | "$PY" -c '
@@ -182,6 +223,13 @@ for d in json.load(sys.stdin):
     name, capacity = d["name"], d.get("capacity")
     extra = f"; allowMultipleAllocations, capacity {capacity}" if d.get("allowMultipleAllocations") else ""
     print(f"     {name}: {attrs}{extra}")'
+  maker=$(kubectl get resourceslices --field-selector "spec.nodeName=$NODE,spec.driver=$DRIVER" \
+    -o jsonpath='{.items[*].spec.devices[?(@.name=="'"$CH340_DEV"'")].attributes.manufacturer.string}')
+  if "$PY" -c 'import sys; m, full = sys.argv[1:]; sys.exit(not (m and len(m.encode()) <= 64 and full.startswith(m)))' "$maker" "$CJK_MAKER"; then
+    pass "sdm-ch340's manufacturer is cut to $(printf %s "$maker" | wc -c) bytes on a character boundary: $maker"
+  else
+    fail "sdm-ch340's manufacturer: '$maker'"
+  fi
 else
   fail "ResourceSlice devices: '$(slice_devices)'"
 fi
@@ -218,7 +266,9 @@ spec:
 EOF
 kubectl apply -f "$TMP/claims.yaml" >/dev/null || fail "kubectl apply of the claims"
 BUSYBOX=${REALK8S_BUSYBOX_IMAGE:-busybox:1.36}
-mkpod() {  # NAME CLAIM-FIELD
+mkpod() {  # NAME CLAIM-FIELD [REQUEST]
+  local claims="{name: dev}"
+  [[ -n ${3:-} ]] && claims="{name: dev, request: $3}"
   cat <<EOF
 apiVersion: v1
 kind: Pod
@@ -234,7 +284,7 @@ spec:
     imagePullPolicy: IfNotPresent
     command: [sh, -c, 'sleep 3600']
     resources:
-      claims: [{name: dev}]
+      claims: [$claims]
 EOF
 }
 phase() { k get pod "$1" -o jsonpath='{.status.phase}' 2>/dev/null; }
@@ -268,6 +318,48 @@ users=$(k get resourceclaim smoke-shared -o jsonpath='{.status.reservedFor[*].na
 # ---- 5. a claim from a template
 mkpod smoke-c "resourceClaimTemplateName: smoke-template" | kubectl apply -f - >/dev/null
 check_pod smoke-c sdm-smoke1
+
+# ---- 5a. a prioritized list (firstAvailable): the first alternative fits no device, the second
+# does; the allocation result names "dev/ch340" and the container, naming the request "dev", must
+# still get the device (the kubelet matches request names exactly: the driver answers "dev")
+cat >"$TMP/first.yaml" <<EOF
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaimTemplate
+metadata: {name: smoke-first, namespace: $NS}
+spec:
+  spec:
+    devices:
+      requests:
+      - name: dev
+        firstAvailable:
+        - name: exotic
+          deviceClassName: $DRIVER
+          selectors:
+          - cel: {expression: '"noSuchAttribute" in device.attributes["$DRIVER"]'}
+        - name: ch340
+          deviceClassName: $DRIVER
+          selectors:
+          - cel: {expression: 'device.attributes["$DRIVER"].idVendor == "1a86"'}
+EOF
+if kubectl apply -f "$TMP/first.yaml" >"$TMP/first.log" 2>&1; then
+  mkpod smoke-f "resourceClaimTemplateName: smoke-first" dev | kubectl apply -f - >/dev/null
+  if wait_until 90 eval '[[ $(phase smoke-f) == Running ]]'; then
+    claim=$(k get pod smoke-f -o jsonpath='{.status.resourceClaimStatuses[0].resourceClaimName}')
+    request=$(k get resourceclaim "$claim" -o jsonpath='{.status.allocation.devices.results[0].request}')
+    dev=$(k exec smoke-f -- stat -c '%F %t:%T %n' /dev/sdm-ch340 2>&1)
+    if [[ $request == dev/ch340 && $dev == "character special file bc:fa /dev/sdm-ch340" ]]; then
+      pass "firstAvailable: claim $claim allocated by subrequest $request; the container naming request dev sees $dev"
+    else
+      fail "firstAvailable: allocation request '$request', /dev/sdm-ch340 in the container: '$dev'"
+    fi
+  else
+    fail "pod smoke-f (firstAvailable) phase '$(phase smoke-f)'"
+    k describe pod smoke-f | tail -8 | sed 's/^/       /'
+  fi
+  k delete pod smoke-f --wait=false >/dev/null 2>&1
+else
+  fail "kubectl apply of the firstAvailable template (DRAPrioritizedList: beta since 1.33, GA in 1.36): $(cat "$TMP/first.log")"
+fi
 
 # ---- 5b. one device held by two claims at once (nummaxdevices 2), a third claim waits
 cat >"$TMP/share.yaml" <<EOF
@@ -334,7 +426,7 @@ bash -c "$RESTART" >"$TMP/restart.log" 2>&1 || fail "kubelet restart command fai
 back() {
   local uid
   uid=$(kubectl get resourceslices --field-selector "spec.nodeName=$NODE,spec.driver=$DRIVER" -o jsonpath='{.items[0].metadata.uid}' 2>/dev/null)
-  [[ -n $uid && $uid != "$before" && $(slice_devices) == "sdm-share0 sdm-smoke0 sdm-smoke1 " ]]
+  [[ -n $uid && $uid != "$before" && $(slice_devices) == "$EXPECTED_SLICE" ]]
 }
 if wait_until 90 back; then
   pass "after the kubelet restart the slice was deleted and published again (new uid), $(ms_since "$t") ms after the restart began"
@@ -347,7 +439,7 @@ wait_until 60 ready || fail "the daemon is not Ready again after the kubelet res
 # ---- 8. unprepare
 k delete pod smoke-a smoke-b smoke-c --wait=false >/dev/null 2>&1
 t=$(date +%s%N)
-unprepared() { [[ $(daemon_log | grep -c "NodeUnprepareResources") -ge 4 ]]; }
+unprepared() { [[ $(daemon_log | grep -c "NodeUnprepareResources") -ge 5 ]]; }
 if wait_until 90 unprepared; then
   pass "pods deleted: the kubelet unprepared the claims ($(ms_since "$t") ms)"
   daemon_log | grep "NodeUnprepareResources" | sed 's/^/     daemon: /' | cut -c1-200
@@ -362,6 +454,81 @@ echo "$m" | grep -q "smarter_device_manager_dra_prepared_claims 0" && pass "no p
   fail "prepared claims left: $(echo "$m" | grep dra_prepared_claims)"
 ls /var/run/cdi/$DRIVER-claim_* >/dev/null 2>&1 && fail "claim CDI specs left: $(ls /var/run/cdi/$DRIVER-claim_*)" ||
   pass "no claim-specific CDI specs left in /var/run/cdi"
+
+# ---- 9. pods written for device-plugin mode: resources.limits, no claim (DRAExtendedResource)
+k delete resourceclaim smoke-shared --wait=false >/dev/null 2>&1  # frees sdm-smoke0's allocation
+class_of() {  # RESOURCE -> the name of the class mapping it
+  kubectl get deviceclasses -o jsonpath='{range .items[?(@.spec.extendedResourceName=="'"$1"'")]}{.metadata.name}{end}' 2>/dev/null
+}
+t=$(date +%s%N)
+if wait_until 60 eval '[[ -n $(class_of smarter-devices/ttyUSB0) && -n $(class_of smarter-devices/sdm-share0) ]]'; then
+  pass "dra-classes made DeviceClasses $(class_of smarter-devices/ttyUSB0) and $(class_of smarter-devices/sdm-share0) in $(ms_since "$t") ms: $(kubectl get deviceclass "$(class_of smarter-devices/ttyUSB0)" -o jsonpath='{.spec.selectors[0].cel.expression}')"
+else
+  fail "no DeviceClass maps smarter-devices/ttyUSB0 and smarter-devices/sdm-share0 after 60 s: $(kubectl get deviceclasses -o name | tr '\n' ' ')"
+  classes_log | tail -20 | sed 's/^/       /'
+fi
+note "node allocatable smarter-devices/ttyUSB0 (device plugin): '$(kubectl get node "$NODE" -o jsonpath='{.status.allocatable.smarter-devices/ttyUSB0}')' (empty or 0: DRA serves it)"
+legacy_pod() {  # NAME [RESOURCE]: deploy/example-client-pod.yaml, only renamed (and the resource swapped)
+  sed -e "s/^  name: smarter-device-client\$/  name: $1/" -e "s#smarter-devices/ttyUSB0: 1#smarter-devices/${2:-ttyUSB0}: 1#" \
+    -e "s#ls -l /dev/ttyUSB0#ls -l /dev/${2:-ttyUSB0}#" "$HERE/deploy/example-client-pod.yaml"
+}
+if [[ -n ${REALK8S_BUSYBOX_IMAGE:-} && $REALK8S_BUSYBOX_IMAGE != busybox:1.36 ]]; then
+  note "the example's image busybox:1.36 is replaced by $REALK8S_BUSYBOX_IMAGE (REALK8S_BUSYBOX_IMAGE)"
+  legacy_pod() { sed -e "s/^  name: smarter-device-client\$/  name: $1/" -e "s#smarter-devices/ttyUSB0: 1#smarter-devices/${2:-ttyUSB0}: 1#" \
+    -e "s#ls -l /dev/ttyUSB0#ls -l /dev/${2:-ttyUSB0}#" -e "s#busybox:1.36#$REALK8S_BUSYBOX_IMAGE#" "$HERE/deploy/example-client-pod.yaml"; }
+fi
+claim_of() { k get pod "$1" -o jsonpath='{.status.extendedResourceClaimStatus.resourceClaimName}' 2>/dev/null; }
+legacy_check() {  # POD DEVICE: Running, the container's log shows the device, the claim the scheduler made
+  local line claim alloc
+  if wait_until 90 eval '[[ $(phase '"$1"') == Running ]]'; then
+    wait_until 10 eval '[[ -n $(k logs '"$1"' 2>/dev/null) ]]'
+    line=$(k logs "$1" 2>&1 | head -1)
+    claim=$(claim_of "$1")
+    alloc=$(k get resourceclaim "$claim" -o jsonpath='{.status.allocation.devices.results[0].pool}/{.status.allocation.devices.results[0].device} {.status.allocation.devices.results[0].shareID}' 2>/dev/null)
+    if [[ $line == c*"/dev/$2" && -n $claim ]]; then
+      pass "pod $1 (limits smarter-devices/$2: 1, no claim in its spec) is Running: '$line'; claim $claim allocated $alloc"
+    else
+      fail "pod $1: log '$line', extendedResourceClaimStatus claim '$claim'"
+    fi
+  else
+    fail "pod $1 phase '$(phase "$1")'"
+    k describe pod "$1" | tail -8 | sed 's/^/       /'
+  fi
+}
+waits() {  # POD: still Pending 5 s on, the scheduler's reason
+  sleep 5
+  if [[ $(phase "$1") == Pending ]]; then
+    pass "pod $1 waits (Pending): $(k get events --field-selector involvedObject.name="$1" -o jsonpath='{.items[-1].message}' 2>/dev/null | cut -c1-90)"
+  else
+    fail "pod $1 should wait but is '$(phase "$1")'"
+  fi
+}
+legacy_pod smarter-device-client | k apply -f - >/dev/null || fail "kubectl apply of deploy/example-client-pod.yaml"
+legacy_check smarter-device-client ttyUSB0
+legacy_pod smarter-device-client-2 | k apply -f - >/dev/null
+waits smarter-device-client-2
+k delete pod smarter-device-client --wait=false >/dev/null 2>&1
+t=$(date +%s%N)
+legacy_check smarter-device-client-2 ttyUSB0
+note "the second ran $(ms_since "$t") ms after the first was deleted"
+k delete pod smarter-device-client-2 --wait=false >/dev/null 2>&1
+for p in legacy-s1 legacy-s2 legacy-s3; do legacy_pod "$p" sdm-share0 | k apply -f - >/dev/null; done
+lrunning() { local n=0 p; for p in legacy-s1 legacy-s2 legacy-s3; do [[ $(phase $p) == Running ]] && n=$((n + 1)); done; echo $n; }
+wait_until 90 eval '[[ $(lrunning) == 2 ]]'
+lwaiting=""
+for p in legacy-s1 legacy-s2 legacy-s3; do
+  if [[ $(phase $p) == Running ]]; then legacy_check "$p" sdm-share0; else lwaiting=$p; fi
+done
+if [[ $(lrunning) == 2 && -n $lwaiting ]]; then
+  waits "$lwaiting"
+  gone=$(for p in legacy-s1 legacy-s2 legacy-s3; do [[ $p != "$lwaiting" ]] && echo $p && break; done)
+  k delete pod "$gone" --wait=false >/dev/null 2>&1
+  legacy_check "$lwaiting" sdm-share0
+else
+  fail "sdm-share0 by limits: $(lrunning) pods running (want 2 and one waiting)"
+fi
+k delete pod legacy-s1 legacy-s2 legacy-s3 --wait=false >/dev/null 2>&1
+classes_log | grep -E "DeviceClass|extended resources" | sed 's/^/     dra-classes: /' | cut -c1-220
 
 echo "---- daemon log (last 40 lines)"
 daemon_log | tail -40 | cut -c1-220 | sed 's/^/     /'

@@ -98,27 +98,45 @@ def test_dra_objects(chart: helm.Chart) -> None:
     assert policy["spec"]["podSelector"]["matchLabels"] == daemonset["spec"]["selector"]["matchLabels"]
     assert {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]} == {443, 6443}
 
-    role = kinds["ClusterRole"][0]
+    named = {(o["kind"], o["metadata"]["name"]): o for o in objs}  # dra-classes.yaml has its own
+    role = named["ClusterRole", "sdm-smarter-device-manager-dra"]
     rules = {tuple(r["resources"]): set(r["verbs"]) for r in role["rules"]}
     assert rules == {("resourceslices",): {"get", "list", "watch", "create", "update", "delete"},
                      ("resourceclaims",): {"get"}}
-    binding = kinds["ClusterRoleBinding"][0]
+    binding = named["ClusterRoleBinding", "sdm-smarter-device-manager-dra"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "sdm-smarter-device-manager-dra",
                                     "namespace": "devices"}]
     device_class = kinds["DeviceClass"][0]
     assert device_class["metadata"]["name"] == "smarter-devices.io"
     assert device_class["spec"]["selectors"] == [
         {"cel": {"expression": 'device.driver == "smarter-devices.io"'}}]
-    policy = kinds["ValidatingAdmissionPolicy"][0]
+    policy = named["ValidatingAdmissionPolicy", "sdm-smarter-device-manager-dra-own-node"]
     assert "system:serviceaccount:devices:sdm-smarter-device-manager-dra" in \
         policy["spec"]["matchConditions"][0]["expression"]
-    assert kinds["ValidatingAdmissionPolicyBinding"][0]["spec"]["policyName"] == policy["metadata"]["name"]
+    assert named["ValidatingAdmissionPolicyBinding", "sdm-smarter-device-manager-dra-own-node"]["spec"][
+        "policyName"] == policy["metadata"]["name"]
+
+
+@pytest.mark.parametrize("driver", ["smarter-devices.io", "devices.example.com"])
+def test_admission_policy_pins_node_and_driver(chart: helm.Chart, driver: str) -> None:
+    """The policy holds the daemon to its own node's slices AND its own driver's: without the
+    driver pin, a compromised daemon could create or delete other drivers' slices on its node."""
+    kinds = by_kind(objects(chart, {"dra": {"enabled": True, "driverName": driver}}))
+    spec = kinds["ValidatingAdmissionPolicy"][0]["spec"]
+    assert set(spec["matchConstraints"]["resourceRules"][0]["operations"]) == {"CREATE", "UPDATE", "DELETE"}
+    variables = {v["name"]: " ".join(v["expression"].split()) for v in spec["variables"]}
+    # on DELETE the request has no object: the slice being deleted is oldObject
+    assert variables["sliceDriver"] == ('request.operation == "DELETE" ? oldObject.spec.?driver.orValue("") '
+                                        ': object.spec.?driver.orValue("")')
+    expressions = {" ".join(v["expression"].split()) for v in spec["validations"]}
+    assert f'variables.sliceDriver == "{driver}"' in expressions
+    assert "variables.sliceNode == variables.userNode" in expressions
 
 
 def test_dra_values(chart: helm.Chart) -> None:
     objs = objects(chart, {"dra": {
         "enabled": True, "driverName": "devices.example.com", "deviceClass": False,
-        "restrictToOwnNode": False,
+        "restrictToOwnNode": False, "extendedResources": {"enabled": False},
         "apiServer": {"host": "10.0.0.5", "port": 6443},
         "kubeletPluginsDir": "/var/lib/rancher/k3s/agent/kubelet/plugins"}})
     kinds = by_kind(objs)

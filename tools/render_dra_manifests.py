@@ -23,7 +23,9 @@ VALUES: dict[str, Any] = {"fullnameOverride": "smarter-device-manager", "dra": {
 HEADER = """\
 # smarter-device-manager in DRA mode (Kubernetes >= 1.34, resource.k8s.io/v1): one daemon on every
 # node labelled smarter-device-manager=enabled, publishing the devices its rules select as
-# ResourceSlices of the driver smarter-devices.io. See docs/dra.md.
+# ResourceSlices of the driver smarter-devices.io; and the dra-classes controller (one replica),
+# which keeps a DeviceClass per extended resource name so pods asking for smarter-devices/<name>
+# in resources.limits run unchanged. See docs/dra.md.
 #
 #   kubectl apply -f deploy/dra/smarter-device-manager-dra.yaml
 #   kubectl label node <node> smarter-device-manager=enabled

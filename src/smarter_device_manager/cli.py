@@ -1,4 +1,5 @@
-"""Command line: ``serve`` (the default), ``list``, ``cdi``, ``check-config`` and ``dra``.
+"""Command line: ``serve`` (the default), ``list``, ``cdi``, ``check-config``, ``dra`` and
+``dra-classes``.
 
 This is the entry point above both modes: it builds one parser from the shared options
 (``options``) and each mode's own subcommands (``deviceplugin.cli``, ``dra.cli``), then runs
@@ -25,7 +26,7 @@ from smarter_device_manager.options import (
     resolve_config,
 )
 
-COMMANDS = ("serve", "list", "cdi", "check-config", "dra")
+COMMANDS = ("serve", "list", "cdi", "check-config", "dra", "dra-classes")
 
 
 def build_parser(command: str | None = None) -> Parser:
@@ -57,6 +58,10 @@ def _add_command(sub: Any, name: str) -> Parser:
         from smarter_device_manager.dra import cli as dra_cli
 
         return dra_cli.add_parser(sub)  # type: ignore[no-any-return]
+    if name == "dra-classes":
+        from smarter_device_manager.dra import classescli
+
+        return classescli.add_parser(sub)  # type: ignore[no-any-return]
     if name == "list":
         lister: Parser = sub.add_parser("list", help="print what this node would advertise, and exit")
         discovery_options(lister)
@@ -96,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
             from smarter_device_manager.dra import cli as dra_cli
 
             return dra_cli.run(args)
+        if args.command == "dra-classes":
+            from smarter_device_manager.dra import classescli
+
+            return classescli.run(args)
         from smarter_device_manager.deviceplugin import cli as deviceplugin_cli
 
         if args.command == "cdi":
