@@ -85,10 +85,14 @@ def cdi(args: argparse.Namespace) -> int:
     from smarter_device_manager.deviceplugin.cdisync import CdiKeeper
     from smarter_device_manager.discovery import discover
 
-    keeper = CdiKeeper(_cdi_settings(args))
+    keeper = CdiKeeper(_cdi_settings(args), daemon=False)
     if args.remove:
-        keeper.remove()
-        print(f"removed {keeper.path}")
+        try:
+            removed = keeper.remove()
+        except OSError as exc:
+            print(f"error: cannot remove {keeper.path}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        print(f"removed {keeper.path}" if removed else f"nothing to remove: {keeper.path} does not exist")
         return 0
     config = load_or_exit(resolve_config(args.config)[0])
     if config is None:
@@ -113,7 +117,12 @@ def cdi(args: argparse.Namespace) -> int:
         print(f"error: {keeper.error}", file=sys.stderr)
         return 1
     names = sorted(keeper.device_names())
-    print(f"wrote {keeper.path}: {len(names)} devices: " + " ".join(f"{args.cdi_kind}={n}" for n in names))
+    if not names:
+        # The keeper removed any old file: it would name devices that are not here.
+        print(f"error: no device to put in a CDI spec; {keeper.path} not written", file=sys.stderr)
+        return 1
+    print(f"wrote {keeper.path}: {len(names)} device{'s' if len(names) != 1 else ''}: "
+          + " ".join(f"{args.cdi_kind}={n}" for n in names))
     return 0
 
 
