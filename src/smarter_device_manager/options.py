@@ -254,3 +254,14 @@ def config_watch_dir(path: str | None) -> str | None:
     there: nothing to watch)."""
     watch_dir = os.path.dirname(os.path.abspath(path or DEFAULT_CONFIG))
     return watch_dir if os.path.isdir(watch_dir) else None
+
+
+def daemon_options(parser: Parser) -> None:
+    """What every long-running subcommand (``serve``, ``dra``, ``dra-classes``) offers the same way:
+    what to log, how, and the HTTP listener for probes and metrics."""
+    parser.add_env_option("--log-level", choice("debug", "info", "warning", "error"), "info",
+                          metavar="{debug,info,warning,error}", help="what to log (default info)")
+    parser.add_env_option("--log-format", choice("text", "json"), "text", metavar="{text,json}",
+                          help="log lines as text, or json with one object per line (default text)")
+    parser.add_env_option("--http-address", parse_address, "", metavar="HOST:PORT",
+                          help="serve /healthz /readyz /metrics on HOST:PORT (default: off)")

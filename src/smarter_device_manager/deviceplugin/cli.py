@@ -17,11 +17,10 @@ from smarter_device_manager.options import (
     Parser,
     absolute,
     cdi_options,
-    choice,
     config_watch_dir,
+    daemon_options,
     discovery_options,
     load_or_exit,
-    parse_address,
     parse_duration,
     resolve_config,
 )
@@ -38,13 +37,7 @@ def add_serve_parser(sub: Any) -> Parser:
                          "(default: same as --dev-dir)")
     serve.add_env_option("--plugin-dir", _plugin_dir, DEFAULT_PLUGIN_DIR, metavar="DIR",
                          help=f"kubelet device plugin dir (default {DEFAULT_PLUGIN_DIR})")
-    serve.add_env_option("--log-level", choice("debug", "info", "warning", "error"), "info",
-                         metavar="{debug,info,warning,error}", help="what to log (default info)")
-    serve.add_env_option("--log-format", choice("text", "json"), "text",
-                         metavar="{text,json}",
-                         help="log lines as text, or json with one object per line (default text)")
-    serve.add_env_option("--http-address", parse_address, "", metavar="HOST:PORT",
-                         help="serve /healthz /readyz /metrics on HOST:PORT (default: off)")
+    daemon_options(serve)
     serve.add_env_option("--removal-grace", parse_duration, DEFAULT_REMOVAL_GRACE,
                          metavar="DURATION",
                          help="how long a vanished device stays advertised as Unhealthy before "
