@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,9 +142,8 @@ def test_directory_nodes_now_skips_symlinks_and_reports_what_it_cannot_read(tmp_
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="needs root to drop privileges")
-def test_directory_nodes_reports_an_unreadable_subdirectory() -> None:
-    root = Path(tempfile.mkdtemp(prefix="sdm-perm-", dir="/tmp"))  # reachable for nobody
-    root.chmod(0o755)
+def test_directory_nodes_reports_an_unreadable_subdirectory(reachable_tmp: Path) -> None:
+    root = reachable_tmp  # reachable for nobody
     mkdev(root / "snd" / "controlC0", major=116)
     mkdev(root / "snd" / "secret" / "pcm", major=116, minor=2)
     (root / "snd").chmod(0o755)

@@ -15,15 +15,14 @@ import argparse
 import os
 import re
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from smarter_device_manager.naming import SOCKET_PATH_MAX
 from smarter_device_manager.options import (
     config_watch_dir,
+    daemon_options,
     discovery_options,
     load_or_exit,
-    parse_address,
     resolve_config,
 )
 
@@ -83,16 +82,6 @@ def absolute_dir(text: str) -> str:
     return text.rstrip("/") or "/"
 
 
-def _one_of(*choices: str) -> Callable[[str], str]:
-    """A ``type=`` check instead of ``choices=``: argparse checks choices for flags only, never
-    for a default, so a bad SDM_LOG_LEVEL would get through ``choices``."""
-    def check(text: str) -> str:
-        if text.lower() not in choices:
-            raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(choices)})")
-        return text.lower()
-    return check
-
-
 def add_parser(sub: Any) -> Any:
     """The ``dra`` subcommand's parser (an ``options.Parser``: every option also from its
     variable, checked by the same function as the flag)."""
@@ -122,12 +111,7 @@ def add_parser(sub: Any) -> Any:
                        "<driver>-<uid>-reg.sock and dra-<uid>.sock so that a new pod can run beside the "
                        "old one during a rolling update (kubelet 1.33+); default: the fixed names "
                        "<driver>-reg.sock and dra.sock")
-    dra.add_env_option("--log-level", _one_of("debug", "info", "warning", "error"), "info",
-                       metavar="{debug,info,warning,error}", help="what to log (default info)")
-    dra.add_env_option("--log-format", _one_of("text", "json"), "text", metavar="{text,json}",
-                       help="log lines as text, or json with one object per line (default text)")
-    dra.add_env_option("--http-address", parse_address, "", metavar="HOST:PORT",
-                       help="serve /healthz /readyz /metrics on HOST:PORT (default: off)")
+    daemon_options(dra)
     return dra
 
 
