@@ -114,9 +114,10 @@ class PinStore:
         self._written = signature
 
     def _live(self, pools: dict[str, Pins], now: float) -> dict[str, Pins]:
-        for name in [n for n, p in self._loaded.items() if n in pools or
-                     not any(now - since < self.removal_grace for _, since in p.gone.values())]:
-            del self._loaded[name]
+        for name, pins in list(self._loaded.items()):
+            pins.gone = {i: g for i, g in pins.gone.items() if now - g[1] < self.removal_grace}
+            if name in pools or not pins.gone:
+                del self._loaded[name]
         live = dict(self._loaded)
         live.update((n, p) for n, p in pools.items() if p.present or p.gone)
         return live
