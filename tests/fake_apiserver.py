@@ -12,7 +12,10 @@ ResourceClaims (namespaced) of ``resource.k8s.io/v1`` and answers, as the real o
 * ``GET .../namespaces/NS/resourceclaims/NAME``;
 * bearer-token authentication (401), and the validation the real server applies to what we send
   (device names are DNS labels, attribute names C identifiers of at most 32 characters, string
-  values at most 64, at most 128 devices and 32 attributes per device) as 422 Invalid.
+  values at most 64, at most 128 devices and 32 attributes per device) as 422 Invalid;
+* device taints as 1.36 has them (DRADeviceTaints, beta and on): a taint without ``timeAdded``
+  gets the time it arrived, to the second (defaulting, before validation); key, effect and the
+  limits (16 per device, 64 devices per slice when any device has taints) are validated.
 
 Faults to inject: ``fail_next`` (the next requests answer with these statuses), ``delay`` (every
 answer waits), ``forbid`` (RBAC: 403 with the real message for that verb and resource),
@@ -266,7 +269,7 @@ current-context: sdm@stand-in
         return 404, _status(404, "NotFound", f"the stand-in does not serve {method} {path}")
 
     def _store(self, verb: str, obj: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        problems = _invalid(obj)
+        problems = _taint_problems(obj) + _invalid(obj)
         if problems:
             return 422, _status(422, "Invalid", "; ".join(problems))
         obj = json.loads(json.dumps(obj))
@@ -511,6 +514,34 @@ def _invalid(obj: dict[str, Any]) -> list[str]:
     pool = spec.get("pool") or {}
     if int(pool.get("generation", 0)) < 0 or int(pool.get("resourceSliceCount", 0)) < 1:
         problems.append("spec.pool: generation >= 0 and resourceSliceCount >= 1 required")
+    return problems
+
+
+_TAINT_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+
+
+def _taint_problems(obj: dict[str, Any]) -> list[str]:
+    """Default each taint's ``timeAdded`` as the server does (v1/defaults.go), then the taint rules
+    of 1.36's validation (V:713-716, 845-853, 1505-1522)."""
+    problems = []
+    devices = (obj.get("spec") or {}).get("devices") or []
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    for number, device in enumerate(devices):
+        taints = device.get("taints") or []
+        if len(taints) > 16:
+            problems.append(f"spec.devices[{number}].taints: Too many: {len(taints)}: "
+                            "must have at most 16 items")
+        for index, taint in enumerate(taints):
+            where = f"spec.devices[{number}].taints[{index}]"
+            taint.setdefault("timeAdded", now)
+            prefix, _, name = str(taint.get("key", "")).rpartition("/")
+            if len(name) > 63 or not _TAINT_NAME.match(name) or (prefix and not _SUBDOMAIN.match(prefix)):
+                problems.append(f"{where}.key: Invalid value: {taint.get('key')!r}: not a label key")
+            if taint.get("effect") not in ("NoExecute", "NoSchedule", "None"):
+                problems.append(f"{where}.effect: Unsupported value: {taint.get('effect')!r}: "
+                                'supported values: "NoExecute", "NoSchedule", "None"')
+    if any(d.get("taints") for d in devices) and len(devices) > 64:
+        problems.append(f"spec.devices: Too many: {len(devices)}: must have at most 64 items")
     return problems
 
 

@@ -54,6 +54,7 @@ class Dra:
     proc: DaemonProcess
     http_port: int
     sys_root: Path
+    extra: tuple[str, ...] = ()
 
     @property
     def cdi(self) -> Path:
@@ -68,7 +69,7 @@ class Dra:
 
     def restart_daemon(self) -> None:
         assert self.proc.stop() == 0
-        self.proc = start_daemon(self.node, self.api, self.http_port, self.sys_root)
+        self.proc = start_daemon(self.node, self.api, self.http_port, self.sys_root, *self.extra)
 
 
 def free_port() -> int:
@@ -106,15 +107,17 @@ def make_devices(node: Node, sys_root: Path) -> FakeSysfs:
 
 
 @asynccontextmanager
-async def dra_node(node: Node, sys_root: Path, config: str = CONFIG) -> AsyncIterator[Dra]:
+async def dra_node(node: Node, sys_root: Path, config: str = CONFIG, extra: tuple[str, ...] = (),
+                   kubelet: KubeletDraStandin | None = None) -> AsyncIterator[Dra]:
     node.write_config(config)
     api = FakeApiServer()
     await api.start()
-    kubelet = KubeletDraStandin(str(node.root / "plugins_registry"), NODE, api)
+    if kubelet is None:
+        kubelet = KubeletDraStandin(str(node.root / "plugins_registry"), NODE, api)
     await kubelet.start()
     port = free_port()
-    proc = start_daemon(node, api, port, sys_root)
-    dra = Dra(node, api, kubelet, proc, port, sys_root)
+    proc = start_daemon(node, api, port, sys_root, *extra)
+    dra = Dra(node, api, kubelet, proc, port, sys_root, extra)
     try:
         await wait_for(lambda: DRIVER in kubelet.registered, 10, "registration")
         yield dra
@@ -216,8 +219,8 @@ def test_hotplug_unplug_and_config_reload_update_the_slice_with_one_write(node: 
             assert took < 1.0
             assert [w.verb for w in api.writes] == ["create", "update"]
             assert api.slices[SLICE]["spec"]["pool"]["generation"] == 2
-            (node.dev / "video1").unlink()
-            await wait_for(lambda: "video1" not in api.devices(NODE), 5, "unplug")
+            (node.dev / "video1").unlink()  # stays through the removal grace, tainted
+            await wait_for(lambda: "taints" in api.devices(NODE)["video1"], 5, "unplug")
             assert len(api.writes) == 3
             node.config.write_text(CONFIG.replace("^video[0-9]*$", "^nothing$"))
             await wait_for(lambda: "video0" not in api.devices(NODE), 5, "config reload")
