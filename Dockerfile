@@ -15,11 +15,13 @@
 # records it in the image's org.opencontainers.image.base.digest label.
 FROM debian:trixie-slim AS builder
 
-# Debian's package versions are not pinned on purpose: trixie(-security) replaces them in place,
-# so a pinned version stops building at the next point release. The base digest is the pin.
+# openssl (the command, builder only): scripts/image-rootfs.py makes a certificate with it, to
+# run `dra` over TLS as on a real cluster. Debian's package versions are not pinned on purpose:
+# trixie(-security) replaces them in place, so a pinned version stops building at the next
+# point release. The base digest is the pin.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv \
+ && apt-get install -y --no-install-recommends python3 python3-venv openssl \
  && rm -rf /var/lib/apt/lists/*
 
 # PyPI has no 32-bit ARM wheels for PyYAML: pip builds it from source there. Keep that a
@@ -55,7 +57,8 @@ RUN python3 -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb")
 
 # Then the package itself (pure Python, nothing generated at build time), pip and setuptools
 # out of the venv, and the runtime's root filesystem assembled in /rootfs (the script runs the
-# CLI's commands, serve included, to find what is really imported: a smoke test of the build).
+# CLI's subcommands, serve and dra included, to find what is really imported: a smoke test of
+# the build; dra runs against tests/fake_apiserver.py, the one test file in the context).
 COPY . ./
 RUN /opt/venv/bin/pip install --no-cache-dir --no-compile --no-deps . \
  && /opt/venv/bin/pip uninstall --yes pip setuptools \
@@ -70,8 +73,10 @@ FROM scratch
 
 COPY --from=builder /rootfs /
 
-ARG VERSION=2.0.0
+ARG VERSION=2.1.0
 ARG REVISION=unknown
+# What the image was built from (scripts/source-hash.py): the built-image tests run only on a match.
+ARG SOURCE_HASH=unknown
 ARG SOURCE=https://github.com/smarter-project/smarter-device-manager
 LABEL org.opencontainers.image.title="smarter-device-manager" \
       org.opencontainers.image.description="Kubernetes device plugin that hands Linux device nodes (serial, I2C, SPI, GPIO, video, sound, TUN...) to containers without privileged pods" \
@@ -80,7 +85,8 @@ LABEL org.opencontainers.image.title="smarter-device-manager" \
       org.opencontainers.image.source="${SOURCE}" \
       org.opencontainers.image.url="${SOURCE}" \
       org.opencontainers.image.documentation="${SOURCE}/blob/main/docs/deployment.md" \
-      org.opencontainers.image.licenses="Apache-2.0"
+      org.opencontainers.image.licenses="Apache-2.0" \
+      io.smarter-devices.source-hash="${SOURCE_HASH}"
 
 # PYTHONDONTWRITEBYTECODE: every module the daemon imports already has its .pyc (unchecked-hash,
 # made in the builder), so Python never needs to write one; this makes sure it never tries

@@ -9,14 +9,20 @@
 # What it does, one PASS/FAIL line per check and DRA-SMOKE: PASS|FAIL at the end (exit 0 only if
 # every check passed):
 #   1. makes two test devices on this node, /dev/sdm-smoke0 and /dev/sdm-smoke1 (char 1:3, copies
-#      of /dev/null), and a rule selecting ^sdm-smoke[0-9]+$;
+#      of /dev/null), and a rule selecting ^sdm-smoke[0-9]+$; and /dev/sdm-ch340 (char 188:250), a
+#      CH340 clone whose USB manufacturer string is Chinese (75 bytes of UTF-8, 25 characters), in
+#      a fake sysfs tree the daemon reads instead of /sys (tests/fakesysfs.py; it also holds
+#      /dev/null's 1:3 as the real one does);
 #   2. deploys the daemon (chart rendered with dra.enabled=true; the device-plugin DaemonSet is
 #      left out) and waits until it is Ready (registered with the kubelet, slices published);
-#   3. checks the node's ResourceSlice: both devices with typed attributes;
+#   3. checks the node's ResourceSlice: the devices with typed attributes, sdm-ch340's manufacturer
+#      cut to at most 64 bytes on a character boundary (the API server counts bytes);
 #   4. a ResourceClaim selecting sdm-smoke0 BY ATTRIBUTE (CEL on path/subsystem/major), a pod using
 #      it runs and sees the device and the env; a second pod sharing the same claim sees it too;
 #   5. a pod from a ResourceClaimTemplate gets sdm-smoke1; /dev/sdm-share0 (nummaxdevices 2) is
 #      held by two claims at once (consumable capacity, Kubernetes >= 1.36) and a third waits;
+#      a prioritized list (firstAvailable): a request whose first subrequest no device satisfies,
+#      the second sdm-ch340, and a container naming the request gets the device;
 #   6. plugs /dev/sdm-smoke2 and unplugs it again: the slice follows (times shown);
 #   7. restarts the kubelet: it deletes the node's slices, the daemon publishes them again;
 #   8. deletes the pods: the claims are unprepared (daemon log, checkpoint, claim specs);
@@ -53,7 +59,10 @@ T0=$(date +%s%N)
 DAEMON_PID=""
 CLASSES_PID=""
 MADE_TTY=""
-EXPECTED_SLICE="sdm-share0 sdm-smoke0 sdm-smoke1 ttyusb0 "
+# DRA names (docs/dra.md): sdm-ch340 is a USB device in the fake sysfs, so it is named by its identity
+# (its kernel name without the number, then its port: no serial); the others are not USB devices.
+CH340_DEV=sdm-ch-usb-1-1-2
+EXPECTED_SLICE="$CH340_DEV sdm-share0 sdm-smoke0 sdm-smoke1 ttyusb0 "
 pass() { echo "PASS $*"; }
 fail() { echo "FAIL $*"; FAILS=$((FAILS + 1)); }
 note() { echo "     $*"; }
@@ -91,7 +100,7 @@ cleanup() {
   kubectl delete deviceclasses -l app.kubernetes.io/managed-by=smarter-device-manager-dra-classes >/dev/null 2>&1
   [[ -n $MADE_TTY ]] && rm -f /dev/ttyUSB0
   kubectl delete resourceslices --field-selector "spec.nodeName=$NODE,spec.driver=$DRIVER" >/dev/null 2>&1
-  rm -f /dev/sdm-smoke0 /dev/sdm-smoke1 /dev/sdm-smoke2 /dev/sdm-share0
+  rm -f /dev/sdm-smoke0 /dev/sdm-smoke1 /dev/sdm-smoke2 /dev/sdm-share0 /dev/sdm-ch340
   # The node-wide CDI spec outlives the daemon on purpose (a container restarted while the driver
   # is away still finds its devices); this test's devices are gone, so its spec goes too.
   rm -f "/var/run/cdi/$DRIVER-device.json"
@@ -103,19 +112,32 @@ trap cleanup EXIT
 for i in smoke0 smoke1 share0; do rm -f "/dev/sdm-$i"; mknod -m 0666 "/dev/sdm-$i" c 1 3; done
 # The example client pod asks for smarter-devices/ttyUSB0: a stand-in adapter when there is none.
 [[ -e /dev/ttyUSB0 ]] || { mknod -m 0666 /dev/ttyUSB0 c 1 3 && MADE_TTY=1; }
-CONFIG='[{"devicematch": "^sdm-smoke[0-9]+$", "nummaxdevices": 1}, {"devicematch": "^sdm-share0$", "nummaxdevices": 2}, {"devicematch": "^ttyUSB0$", "nummaxdevices": 1}]'
+rm -f /dev/sdm-ch340
+mknod -m 0666 /dev/sdm-ch340 c 188 250
+CJK_MAKER="深圳市沁恒微电子有限公司南京分公司制造的串口转换器"
+SYS=$TMP/sys
+"$PY" - "$HERE/tests" "$SYS" "$CJK_MAKER" <<'PYEOF' || fail "could not make the fake sysfs tree in $SYS"
+import sys
+sys.path.insert(0, sys.argv[1])
+from fakesysfs import FakeSysfs
+fake = FakeSysfs(sys.argv[2])
+fake.null()  # 1:3, subsystem mem: what sdm-smoke*, sdm-share0 (and a stand-in ttyUSB0) are copies of
+fake.usb_serial("1-1.2", "ttyUSB250", 250, vid="1a86", pid="7523", manufacturer=sys.argv[3],
+                product="USB Serial", serial=None, driver="ch341")
+PYEOF
+CONFIG='[{"devicematch": "^sdm-smoke[0-9]+$", "nummaxdevices": 1}, {"devicematch": "^sdm-share0$", "nummaxdevices": 2}, {"devicematch": "^sdm-ch340$", "nummaxdevices": 1}, {"devicematch": "^ttyUSB0$", "nummaxdevices": 1}]'
 wait_until 120 eval '[[ $(kubectl get ns "$NS" -o jsonpath="{.status.phase}" 2>/dev/null) != Terminating ]]' ||
   fail "namespace $NS is still terminating from an earlier run"
 kubectl create namespace "$NS" >/dev/null 2>&1
 kubectl label namespace "$NS" pod-security.kubernetes.io/enforce=privileged --overwrite >/dev/null
-pass "made /dev/sdm-smoke0, /dev/sdm-smoke1, /dev/sdm-share0 (char 1:3)${MADE_TTY:+, /dev/ttyUSB0} on $NODE; rules ^sdm-smoke[0-9]+\$ (1), ^sdm-share0\$ (2), ^ttyUSB0\$ (1)"
+pass "made /dev/sdm-smoke0, /dev/sdm-smoke1, /dev/sdm-share0 (char 1:3), /dev/sdm-ch340 (188:250, fake sysfs $SYS)${MADE_TTY:+, /dev/ttyUSB0} on $NODE; rules ^sdm-smoke[0-9]+\$ (1), ^sdm-share0\$ (2), ^sdm-ch340\$ (1), ^ttyUSB0\$ (1)"
 
 # ---- 2. the daemon
 if [[ $MODE == host ]]; then
-  printf -- '- devicematch: ^sdm-smoke[0-9]+$\n  nummaxdevices: 1\n- devicematch: ^sdm-share0$\n  nummaxdevices: 2\n- devicematch: ^ttyUSB0$\n  nummaxdevices: 1\n' \
+  printf -- '- devicematch: ^sdm-smoke[0-9]+$\n  nummaxdevices: 1\n- devicematch: ^sdm-share0$\n  nummaxdevices: 2\n- devicematch: ^sdm-ch340$\n  nummaxdevices: 1\n- devicematch: ^ttyUSB0$\n  nummaxdevices: 1\n' \
     >"$TMP/conf.yaml"
   "$PY" -m smarter_device_manager dra --node-name "$NODE" --kubeconfig "${KUBECONFIG:-$HOME/.kube/config}" \
-    --config "$TMP/conf.yaml" --state-dir "$TMP/state" --http-address 127.0.0.1:18089 >"$TMP/daemon.log" 2>&1 &
+    --config "$TMP/conf.yaml" --state-dir "$TMP/state" --sys-dir "$SYS" --http-address 127.0.0.1:18089 >"$TMP/daemon.log" 2>&1 &
   DAEMON_PID=$!
   # What the chart runs besides: the dra-classes controller (the admin kubeconfig here).
   "$PY" -m smarter_device_manager dra-classes --kubeconfig "${KUBECONFIG:-$HOME/.kube/config}" --grace 30 \
@@ -143,15 +165,15 @@ else
   fi
   VALUES=$("$PY" -c '
 import json, sys
-config, node, image, api = sys.argv[1:]
-dra = {"enabled": True}
+config, node, image, api, sys_dir = sys.argv[1:]
+dra = {"enabled": True, "hostSys": sys_dir}  # the fake sysfs tree (step 1) instead of /sys
 if api:
     dra["apiServer"] = {"host": api.rsplit(":", 1)[0], "port": int(api.rsplit(":", 1)[1])}
 print(json.dumps({"fullnameOverride": "sdm-smoke", "config": json.loads(config), "logLevel": "debug",
                   # this node only (null drops the chart default label; Helm merges maps)
                   "nodeSelector": {"smarter-device-manager": None, "kubernetes.io/hostname": node},
                   "image": {"repository": image.rsplit(":", 1)[0], "tag": image.rsplit(":", 1)[1],
-                            "pullPolicy": "Never"}, "dra": dra}))' "$CONFIG" "$NODE" "$IMAGE" "$API")
+                            "pullPolicy": "Never"}, "dra": dra}))' "$CONFIG" "$NODE" "$IMAGE" "$API" "$SYS")
   if command -v helm >/dev/null; then
     echo "$VALUES" >"$TMP/values.json"
     helm template sdm-smoke "$HERE/charts/smarter-device-manager" -n "$NS" -f "$TMP/values.json" >"$TMP/rendered.yaml"
@@ -201,6 +223,13 @@ for d in json.load(sys.stdin):
     name, capacity = d["name"], d.get("capacity")
     extra = f"; allowMultipleAllocations, capacity {capacity}" if d.get("allowMultipleAllocations") else ""
     print(f"     {name}: {attrs}{extra}")'
+  maker=$(kubectl get resourceslices --field-selector "spec.nodeName=$NODE,spec.driver=$DRIVER" \
+    -o jsonpath='{.items[*].spec.devices[?(@.name=="'"$CH340_DEV"'")].attributes.manufacturer.string}')
+  if "$PY" -c 'import sys; m, full = sys.argv[1:]; sys.exit(not (m and len(m.encode()) <= 64 and full.startswith(m)))' "$maker" "$CJK_MAKER"; then
+    pass "sdm-ch340's manufacturer is cut to $(printf %s "$maker" | wc -c) bytes on a character boundary: $maker"
+  else
+    fail "sdm-ch340's manufacturer: '$maker'"
+  fi
 else
   fail "ResourceSlice devices: '$(slice_devices)'"
 fi
@@ -237,7 +266,9 @@ spec:
 EOF
 kubectl apply -f "$TMP/claims.yaml" >/dev/null || fail "kubectl apply of the claims"
 BUSYBOX=${REALK8S_BUSYBOX_IMAGE:-busybox:1.36}
-mkpod() {  # NAME CLAIM-FIELD
+mkpod() {  # NAME CLAIM-FIELD [REQUEST]
+  local claims="{name: dev}"
+  [[ -n ${3:-} ]] && claims="{name: dev, request: $3}"
   cat <<EOF
 apiVersion: v1
 kind: Pod
@@ -253,7 +284,7 @@ spec:
     imagePullPolicy: IfNotPresent
     command: [sh, -c, 'sleep 3600']
     resources:
-      claims: [{name: dev}]
+      claims: [$claims]
 EOF
 }
 phase() { k get pod "$1" -o jsonpath='{.status.phase}' 2>/dev/null; }
@@ -287,6 +318,48 @@ users=$(k get resourceclaim smoke-shared -o jsonpath='{.status.reservedFor[*].na
 # ---- 5. a claim from a template
 mkpod smoke-c "resourceClaimTemplateName: smoke-template" | kubectl apply -f - >/dev/null
 check_pod smoke-c sdm-smoke1
+
+# ---- 5a. a prioritized list (firstAvailable): the first alternative fits no device, the second
+# does; the allocation result names "dev/ch340" and the container, naming the request "dev", must
+# still get the device (the kubelet matches request names exactly: the driver answers "dev")
+cat >"$TMP/first.yaml" <<EOF
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaimTemplate
+metadata: {name: smoke-first, namespace: $NS}
+spec:
+  spec:
+    devices:
+      requests:
+      - name: dev
+        firstAvailable:
+        - name: exotic
+          deviceClassName: $DRIVER
+          selectors:
+          - cel: {expression: '"noSuchAttribute" in device.attributes["$DRIVER"]'}
+        - name: ch340
+          deviceClassName: $DRIVER
+          selectors:
+          - cel: {expression: 'device.attributes["$DRIVER"].idVendor == "1a86"'}
+EOF
+if kubectl apply -f "$TMP/first.yaml" >"$TMP/first.log" 2>&1; then
+  mkpod smoke-f "resourceClaimTemplateName: smoke-first" dev | kubectl apply -f - >/dev/null
+  if wait_until 90 eval '[[ $(phase smoke-f) == Running ]]'; then
+    claim=$(k get pod smoke-f -o jsonpath='{.status.resourceClaimStatuses[0].resourceClaimName}')
+    request=$(k get resourceclaim "$claim" -o jsonpath='{.status.allocation.devices.results[0].request}')
+    dev=$(k exec smoke-f -- stat -c '%F %t:%T %n' /dev/sdm-ch340 2>&1)
+    if [[ $request == dev/ch340 && $dev == "character special file bc:fa /dev/sdm-ch340" ]]; then
+      pass "firstAvailable: claim $claim allocated by subrequest $request; the container naming request dev sees $dev"
+    else
+      fail "firstAvailable: allocation request '$request', /dev/sdm-ch340 in the container: '$dev'"
+    fi
+  else
+    fail "pod smoke-f (firstAvailable) phase '$(phase smoke-f)'"
+    k describe pod smoke-f | tail -8 | sed 's/^/       /'
+  fi
+  k delete pod smoke-f --wait=false >/dev/null 2>&1
+else
+  fail "kubectl apply of the firstAvailable template (DRAPrioritizedList: beta since 1.33, GA in 1.36): $(cat "$TMP/first.log")"
+fi
 
 # ---- 5b. one device held by two claims at once (nummaxdevices 2), a third claim waits
 cat >"$TMP/share.yaml" <<EOF
@@ -366,7 +439,7 @@ wait_until 60 ready || fail "the daemon is not Ready again after the kubelet res
 # ---- 8. unprepare
 k delete pod smoke-a smoke-b smoke-c --wait=false >/dev/null 2>&1
 t=$(date +%s%N)
-unprepared() { [[ $(daemon_log | grep -c "NodeUnprepareResources") -ge 4 ]]; }
+unprepared() { [[ $(daemon_log | grep -c "NodeUnprepareResources") -ge 5 ]]; }
 if wait_until 90 unprepared; then
   pass "pods deleted: the kubelet unprepared the claims ($(ms_since "$t") ms)"
   daemon_log | grep "NodeUnprepareResources" | sed 's/^/     daemon: /' | cut -c1-200

@@ -2,6 +2,12 @@
 """Memory of the daemon in its image, 20 resources registered and streaming (not a test).
 
     sudo .venv/bin/python scripts/image-memory.py IMAGE [--runtime /usr/sbin/runc] [--seconds 30]
+        [--mode serve|dra]
+
+--mode dra runs DRA mode instead, against the test suite's API-server stand-in
+(tests/fake_apiserver.py, over HTTP on 127.0.0.1, so the container shares the host's network)
+and kubelet DRA stand-in: measured once the kubelet registered it and its ResourceSlice lists
+the 20 devices, with ssl and the API client loaded.
 
 Makes 20 device nodes (mknod) in a temp dir, which the default rules turn into 20 resources:
 video0-9, gpiochip0-3, i2c-1, ttyUSB0, ttyACM0, rtc0, fuse and net/tun. Runs IMAGE with podman,
@@ -67,6 +73,48 @@ def guest_rss_kb(pid: str) -> int | None:
     return sum(rss for start, name, rss in vmas if start < heap and "qemu" not in name)
 
 
+async def measure_dra(image: str, podman: list[str], seconds: int, extra: list[str]) -> None:
+    from fake_apiserver import FakeApiServer
+    from kubelet_dra_standin import KubeletDraStandin, wait_for
+
+    work = Path(tempfile.mkdtemp(prefix="sdm-mem-", dir="/tmp"))  # short: AF_UNIX paths
+    try:
+        dev = work / "dev"
+        (dev / "net").mkdir(parents=True)
+        for name, major, minor in DEVICES:
+            os.mknod(dev / name, 0o600 | 0o020000, os.makedev(major, minor))
+        api = FakeApiServer()
+        await api.start()
+        kubeconfig = api.kubeconfig(str(work / "kubeconfig"))
+        kubelet = KubeletDraStandin(str(work / "registry"), "node-mem", api)
+        await kubelet.start()
+        name = f"sdm-mem-{os.getpid()}"
+        started = time.monotonic()
+        subprocess.run([*podman, "run", "-d", "--name", name, "--network", "host",
+                        "--cap-drop=ALL", "--read-only", "-v", f"{work}:{work}", *extra, image,
+                        "dra", "--dev-dir", str(dev), "--node-name", "node-mem",
+                        "--kubeconfig", kubeconfig, "--kubelet-plugins-dir", str(work / "plugins"),
+                        "--kubelet-registry-dir", str(work / "registry"),
+                        "--cdi-dir", str(work / "cdi"), "--state-dir", str(work / "state")],
+                       check=True, stdout=subprocess.DEVNULL)
+        try:
+            await wait_for(lambda: len(api.devices("node-mem")) == len(DEVICES), 120, "slice")
+            print(f"{image} dra: registered, {len(api.devices('node-mem'))} devices in the "
+                  f"ResourceSlice {time.monotonic() - started:.1f} s after podman run")
+            pid = subprocess.run([*podman, "inspect", "--format", "{{.State.Pid}}", name],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+            for elapsed in range(0, seconds + 1, 10):
+                print(f"  t+{elapsed:>3} s  " + "  ".join(f"{k} {v}" for k, v in status(pid).items()))
+                await asyncio.sleep(10)
+        finally:
+            subprocess.run([*podman, "stop", "-t", "10", name], capture_output=True, check=False)
+            subprocess.run([*podman, "rm", name], capture_output=True, check=False)
+            await kubelet.stop()
+            await api.stop()
+    finally:
+        subprocess.run(["rm", "-rf", str(work)], check=False)
+
+
 async def measure(image: str, podman: list[str], seconds: int, extra: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         dev, plugins = Path(tmp) / "dev", Path(tmp) / "plugins"
@@ -103,11 +151,13 @@ def main() -> None:
     parser.add_argument("image")
     parser.add_argument("--runtime", help="podman --runtime (e.g. /usr/sbin/runc)")
     parser.add_argument("--seconds", type=int, default=30)
+    parser.add_argument("--mode", choices=["serve", "dra"], default="serve")
     parser.add_argument("--podman-arg", action="append", default=[],
                         help="extra `podman run` argument (repeatable), e.g. -e=NAME=VALUE")
     args = parser.parse_args()
     podman = ["podman"] + (["--runtime", args.runtime] if args.runtime else [])
-    asyncio.run(measure(args.image, podman, args.seconds, args.podman_arg))
+    run = measure_dra if args.mode == "dra" else measure
+    asyncio.run(run(args.image, podman, args.seconds, args.podman_arg))
 
 
 if __name__ == "__main__":

@@ -11,13 +11,17 @@ DEST receives only what the daemon can ever run, with every path as it is in the
 * of the standard library and of the venv's site-packages, the modules any import statement of
   the package can reach (``modulefinder``'s static closure from every module of
   ``smarter_device_manager``: lazy imports inside functions included), minus EXCLUDED below;
-  plus the ``encodings`` the interpreter looks up by name at run time, and the venv's
-  ``*.dist-info`` (licences and versions for SBOM scanners);
-* bytecode only for the modules the daemon really imports: each command of the CLI is run here
-  with ``-X importtime`` (``--version``, ``list``, ``check-config`` with a good and a bad file,
-  ``serve`` with the HTTP endpoint scraped and then SIGTERM), and those modules, and only those,
-  get an unchecked-hash ``.pyc`` (valid whatever the sources' mtimes become; Python does not
-  even stat the source). A module that is imported but not in the closure fails the build;
+  plus the ``encodings`` the runs looked up and the few the interpreter may (BASE_CODECS), and
+  the venv's ``*.dist-info`` (licences and versions for SBOM scanners);
+* bytecode only for the modules the daemon really imports: every subcommand of the CLI
+  (``cli.COMMANDS``; one without a run here fails the build) is run for real, with a hook that
+  records ``sys.modules`` at exit: ``--version``, ``--help``, ``list``, ``check-config`` with a
+  good and a bad file, ``cdi`` (print, write, remove), ``serve`` with its HTTP endpoints scraped,
+  SIGHUP and SIGTERM, and ``dra`` against the API-server stand-in (tests/fake_apiserver.py) and a
+  kubelet stand-in (registration, the slice published, a claim prepared and unprepared, SIGTERM).
+  Those modules, and only those, get an unchecked-hash ``.pyc`` (valid whatever the sources'
+  mtimes become; Python does not even stat the source). A module that is imported but not in
+  the closure (or EXCLUDED) fails the build: that is how ``ssl`` for ``dra`` gets in;
 * the Debian copyright files and dpkg status stanzas of the packages the files come from
   (``/usr/share/doc/<pkg>/copyright``, ``/var/lib/dpkg/status.d/<pkg>``, the layout distroless
   images use and SBOM scanners read), ``/etc/passwd`` and ``/etc/group`` with root and nobody,
@@ -40,8 +44,11 @@ import sys
 import sysconfig
 import tempfile
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 PACKAGE = "smarter_device_manager"
 CONSOLE_SCRIPT = "smarter-device-manager"
@@ -50,10 +57,9 @@ CONSOLE_SCRIPT = "smarter-device-manager"
 # shared libraries. Each is checked against the traced imports: excluding a module the daemon
 # imports fails the build.
 EXCLUDED = {
-    # asyncio imports ssl inside try/except; the CLI keeps it out (sys.modules["ssl"] = None)
-    # and no socket of the daemon uses TLS. _ssl and _hashlib would bring libssl and libcrypto
-    # (about 7 MB); hashlib falls back to the interpreter's built-in _sha2/_md5/_blake2.
-    "ssl", "_ssl", "_hashlib",
+    # (Not ssl: DRA mode's API client needs it, and libssl/libcrypto with it. `serve` keeps it
+    # out with sys.modules["ssl"] = None; the traced runs below would fail the build if a mode
+    # imported anything listed here.)
     # Reached through pdb/doctest/help() paths of the standard library only.
     "pdb", "doctest", "pydoc", "pydoc_data", "unittest", "tkinter", "turtle", "idlelib",
     "_pyrepl", "code", "codeop", "rlcompleter", "readline", "curses", "_curses",
@@ -68,6 +74,10 @@ EXCLUDED = {
     "webbrowser", "mimetypes", "optparse", "calendar", "pickle", "_pickle",
     "pickletools", "_compat_pickle", "copyreg_unused", "csv", "_csv", "sysconfig",
     "_aix_support", "_osx_support", "_android_support", "_apple_support", "_ios_support",
+    # Other platforms' code and pure-Python fallbacks of the C modules this interpreter has:
+    # reachable by an import statement under `if sys.platform == "win32"` or `except ImportError`.
+    "asyncio.windows_events", "asyncio.windows_utils", "asyncio.proactor_events", "_pydatetime",
+    "plistlib", "concurrent.futures.process", "_winapi", "winreg", "nt", "msvcrt",
     # modulefinder and friends of this script, test helpers.
     "modulefinder", "test", "_testcapi", "_testinternalcapi",
     # grpclib's optional parts the daemon does not use (protobuf codec, reflection, health,
@@ -76,9 +86,12 @@ EXCLUDED = {
     "grpclib.utils_ssl", "certifi", "googleapis_common_protos",
 }
 
-# encodings that need the CJK codec extension modules; every other encoding is shipped.
-CJK_CODECS = re.compile(r"^(big5|big5hkscs|cp932|cp949|cp950|euc_.*|gb.*|hz|iso2022_.*|johab|"
-                        r"shift_jis.*)$")
+# The codecs shipped besides those the traced runs looked up: the ones the interpreter and the
+# standard streams may ask for before or outside any traced path (UTF-8 mode, the surrogateescape
+# fallbacks, IDNA for a host name given to getaddrinfo). The image sets no locale and has none,
+# so Python runs in UTF-8 mode and nothing asks for cp437 or koi8_r; the ~100 single-byte codecs
+# (1.4 MB of source) stay out. A traced run that looked one up still gets it.
+BASE_CODECS = {"__init__", "aliases", "utf_8", "utf_8_sig", "ascii", "latin_1", "idna", "punycode"}
 
 
 def excluded(name: str) -> bool:
@@ -90,11 +103,15 @@ def package_modules(site: Path) -> list[Path]:
     return sorted((site / PACKAGE).rglob("*.py"))
 
 
-def static_closure(site: Path) -> dict[str, Path]:
-    """Module name -> file, for everything any import statement can reach (minus EXCLUDED)."""
+def static_closure(site: Path, codecs: list[Path]) -> dict[str, Path]:
+    """Module name -> file, for everything any import statement of the package or of the
+    shipped codecs can reach (minus EXCLUDED). The codecs count: ``encodings.idna``, which
+    ``ssl`` uses for every server name, imports ``stringprep`` and ``unicodedata``."""
     finder = modulefinder.ModuleFinder(path=sys.path, excludes=sorted(EXCLUDED))
     for path in package_modules(site):
         finder.run_script(str(path))
+    for path in codecs:  # by name: they are a package's modules, with relative imports
+        finder.import_hook("encodings" if path.stem == "__init__" else f"encodings.{path.stem}")
     found: dict[str, Path] = {}
     for name, module in finder.modules.items():
         file = getattr(module, "__file__", None)
@@ -104,7 +121,13 @@ def static_closure(site: Path) -> dict[str, Path]:
 
 
 def traced_imports(venv: Path, work: Path) -> set[str]:
-    """The modules the daemon really imports, command by command (``-X importtime``)."""
+    """The modules the daemon really imports, every subcommand of the CLI run for real.
+
+    The subcommands come from the CLI itself (``cli.COMMANDS``): one without a run here fails
+    the build, so a new mode cannot ship without its imports traced (2.1.0's first image left
+    ``ssl`` out because ``dra`` was never run here)."""
+    from smarter_device_manager.cli import COMMANDS
+
     script = venv / "bin" / CONSOLE_SCRIPT
     python = venv / "bin" / "python"
     dev = work / "dev"
@@ -118,10 +141,13 @@ def traced_imports(venv: Path, work: Path) -> set[str]:
     good.write_text("- devicematch: ^ttyUSB[0-9]*$\n  nummaxdevices: 1\n")
     bad = work / "bad.yaml"
     bad.write_text("- devicematc: ^ttyUSB[0-9]*$\n  nummaxdevices: -1\n")
+    # A real device node every build has: the builder's /dev/null (cdi needs one to describe).
+    null = work / "null.yaml"
+    null.write_text("- devicematch: ^null$\n  nummaxdevices: 2\n")
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     # The console script run as it is, with an atexit hook that appends the names of the
     # modules really loaded (sys.modules minus the None entries: the CLI puts ssl=None there)
-    # to a file. The daemon exits through sys.exit() on SIGTERM, so the hook runs for serve too.
+    # to a file. The daemons exit through sys.exit() on SIGTERM, so the hook runs for them too.
     record = work / "modules.txt"
     hook = ("import atexit, runpy, sys\n"
             "def _dump():\n"
@@ -131,50 +157,238 @@ def traced_imports(venv: Path, work: Path) -> set[str]:
             f"sys.argv = [{str(script)!r}] + sys.argv[1:]\n"
             f"runpy.run_path({str(script)!r}, run_name='__main__')\n")
     traced_python = [str(python), "-c", hook]
-    runs: list[list[str]] = [
-        ["--version"],
-        ["--help"],
-        ["list", "--dev-dir", str(dev)],
-        ["list", "--dev-dir", str(dev), "--output", "json", "--config", str(good)],
-        ["check-config", str(good)],
-        ["check-config", str(bad)],
-        ["serve", "--help"],
-    ]
-    for args in runs:
-        proc = subprocess.run([*traced_python, *args], env=env,
-                              capture_output=True, text=True, timeout=300, check=False)
-        if proc.returncode not in (0, 2):
-            sys.exit(f"{args} exited {proc.returncode}:\n{proc.stderr}")
+    cdi_dir = work / "cdi"
+    cdi_dir.mkdir()
+    runs: dict[str, list[list[str]]] = {
+        "": [["--version"], ["--help"]],
+        "list": [["list", "--dev-dir", str(dev)],
+                 ["list", "--dev-dir", str(dev), "--output", "json", "--config", str(good)],
+                 ["list", "--dev-dir", "/dev", "--config", str(null), "--cdi", "on"]],
+        "check-config": [["check-config", str(good)], ["check-config", str(bad)]],
+        "cdi": [["cdi", "--dev-dir", "/dev", "--config", str(null)],
+                ["cdi", "--dev-dir", "/dev", "--config", str(null), "--cdi-dir", str(cdi_dir),
+                 "--write"],
+                ["cdi", "--dev-dir", "/dev", "--config", str(null), "--cdi-dir", str(cdi_dir),
+                 "--remove"]],
+        "serve": [["serve", "--help"]],
+        "dra": [["dra", "--help"]],
+    }
+    daemons: dict[str, Callable[[], None]] = {
+        "serve": lambda: _trace_serve(traced_python, env, dev, plugins, good),
+        "dra": lambda: _trace_dra(traced_python, env, work / "dra"),
+    }
+    untraced = [c for c in COMMANDS if c not in runs]
+    if untraced:
+        sys.exit(f"no traced run for the subcommand(s) {untraced} in scripts/image-rootfs.py: "
+                 "add one, or the image may lack what they import")
+    for command in ("", *COMMANDS):
+        for args in runs[command]:
+            proc = subprocess.run([*traced_python, *args], env=env,
+                                  capture_output=True, text=True, timeout=300, check=False)
+            if proc.returncode not in (0, 2):
+                sys.exit(f"{args} exited {proc.returncode}:\n{proc.stderr}")
+        if command in daemons:
+            daemons[command]()
+    names = set(record.read_text().split())
+    # runpy and pkgutil: the hook's own. sitecustomize: Debian's (in /etc/python3.13), an
+    # optional hook that site.py skips when absent; the image leaves it out.
+    return names - {"runpy", "pkgutil", "sitecustomize", "usercustomize"}
+
+
+def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+        return int(probe.getsockname()[1])
+
+
+def _scrape(port: int, paths: list[str], deadline: float, proc: subprocess.Popen[str]) -> list[str]:
+    """GET each path until answered (any status); returns those never answered."""
+    pending = list(paths)
+    while pending and time.monotonic() < deadline and proc.poll() is None:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}{pending[0]}", timeout=5).read()
+        except urllib.error.HTTPError:
+            pass  # /readyz 503 without a kubelet, /nothing 404: answered is enough
+        except OSError:
+            time.sleep(0.2)
+            continue
+        pending.pop(0)
+    return pending
+
+
+def _trace_serve(traced_python: list[str], env: dict[str, str], dev: Path, plugins: Path,
+                 good: Path) -> None:
+    """``serve`` twice (text and JSON logs): HTTP endpoints scraped, SIGHUP, then SIGTERM."""
+    port = _free_port()
     for log_format in ("text", "json"):
         serve = subprocess.Popen(
             [*traced_python, "serve", "--dev-dir", str(dev),
              "--plugin-dir", str(plugins), "--config", str(good), f"--log-format={log_format}",
              f"--http-address=127.0.0.1:{port}", "--log-level=debug"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 120  # qemu is slow
-        pending = ["/healthz", "/readyz", "/metrics", "/nothing"]
-        while pending and time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}{pending[0]}", timeout=5).read()
-            except urllib.error.HTTPError:
-                pass  # /readyz is 503 without a kubelet, /nothing 404: answered is enough
-            except OSError:
-                time.sleep(0.2)
-                continue
-            pending.pop(0)
+        pending = _scrape(port, ["/healthz", "/readyz", "/metrics", "/nothing"],
+                          time.monotonic() + 120, serve)  # qemu is slow
         serve.send_signal(signal.SIGHUP)
         time.sleep(1)
         serve.send_signal(signal.SIGTERM)
         _, err = serve.communicate(timeout=120)
         if pending or serve.returncode != 0:
             sys.exit(f"serve did not answer {pending} or exited {serve.returncode}:\n{err}")
-    names = set(record.read_text().split())
-    # runpy and pkgutil: the hook's own. sitecustomize: Debian's (in /etc/python3.13), an
-    # optional hook that site.py skips when absent; the image leaves it out.
-    return names - {"runpy", "pkgutil", "sitecustomize", "usercustomize"}
+
+
+DRA_DRIVER = "smarter-devices.io"
+DRA_NODE = "image-build"
+
+
+def _trace_dra(traced_python: list[str], env: dict[str, str], work: Path) -> None:
+    """``dra`` against the test suite's API-server stand-in (tests/fake_apiserver.py, in the
+    build context for this) and a kubelet stand-in written here with the package's own messages
+    (no protobuf in the builder): registration, the slice published, a claim prepared and
+    unprepared, the HTTP endpoints, SIGHUP, SIGTERM. The device is the builder's /dev/null."""
+    import asyncio
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from fake_apiserver import FakeApiServer
+
+    work.mkdir()
+    config = work.parent / "null.yaml"
+    registry = work / "plugins_registry"
+    port = _free_port()
+
+    tls, ca = _tls(work)
+
+    async def scenario() -> str:
+        api = FakeApiServer()
+        await api.start(tls=tls)
+        kubeconfig = api.kubeconfig(str(work / "kubeconfig"))
+        text = Path(kubeconfig).read_text()  # the CA inline, as kubeadm writes it
+        Path(kubeconfig).write_text(text.replace(
+            f'server: "{api.url}"', f'server: "{api.url}", certificate-authority-data: {ca}'))
+        api.add_claim("default", "build", "uid-build", [
+            {"request": "dev", "driver": DRA_DRIVER, "pool": DRA_NODE, "device": "null"}])
+        proc = subprocess.Popen(
+            [*traced_python, "dra", "--dev-dir", "/dev", "--config", str(config),
+             "--node-name", DRA_NODE, "--kubeconfig", kubeconfig,
+             "--kubelet-plugins-dir", str(work / "plugins"),
+             "--kubelet-registry-dir", str(registry), "--cdi-dir", str(work / "cdi"),
+             "--state-dir", str(work / "state"), f"--http-address=127.0.0.1:{port}",
+             "--log-level=debug", "--log-format=json"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        step = "start"
+        try:
+            deadline = time.monotonic() + 120
+            step = "registration socket"
+            sock = await _until(lambda: next(iter(sorted(registry.glob("*.sock"))), None),
+                                deadline, proc)
+            step = "registration"
+            endpoint = await _register(str(sock))
+            step = "slice published"
+            await _until(lambda: "null" in api.devices(DRA_NODE), deadline, proc)
+            step = "claim prepared"
+            await _prepare(endpoint)
+            step = "HTTP endpoints"
+            pending = await asyncio.to_thread(
+                _scrape, port, ["/healthz", "/readyz", "/metrics", "/nothing"], deadline, proc)
+            if pending:
+                raise RuntimeError(f"not answered: {pending}")
+            proc.send_signal(signal.SIGHUP)
+            await asyncio.sleep(1)
+            step = "SIGTERM"
+            proc.send_signal(signal.SIGTERM)
+            _, err = await asyncio.to_thread(proc.communicate, timeout=120)
+            if proc.returncode != 0:
+                raise RuntimeError(f"exit code {proc.returncode}")
+            return ""
+        except Exception as exc:  # reported with the daemon's log; the build fails
+            proc.kill()
+            _, err = proc.communicate(timeout=60)
+            return f"dra: {step}: {exc!r}\n{err}"
+        finally:
+            await api.stop()
+
+    problem = asyncio.run(scenario())
+    if problem:
+        sys.exit(problem)
+
+
+def _tls(work: Path) -> tuple[Any, str]:
+    """A server context for 127.0.0.1 and its certificate (base64), made with the openssl
+    command (the builder installs it): ``dra`` talks TLS to every real API server, so the
+    traced run must too (2.1.0's first image shipped ``ssl`` without the ``idna`` codec that
+    ``ssl`` needs for a server name: plain HTTP never asked for it)."""
+    import base64
+    import ssl
+
+    if shutil.which("openssl") is None:
+        sys.exit("the openssl command is needed to trace dra over TLS (apt-get install openssl)")
+    key, cert = work / "apiserver.key", work / "apiserver.crt"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert), str(key))
+    return context, base64.b64encode(cert.read_bytes()).decode()
+
+
+async def _until(probe: Callable[[], Any], deadline: float, proc: subprocess.Popen[str]) -> Any:
+    import asyncio
+
+    while time.monotonic() < deadline:
+        found = probe()
+        if found:
+            return found
+        if proc.poll() is not None:
+            raise RuntimeError(f"the daemon exited {proc.returncode}")
+        await asyncio.sleep(0.1)
+    raise TimeoutError("deadline passed")
+
+
+async def _register(sock: str) -> str:
+    """The kubelet's plugin-watcher calls: GetInfo, then NotifyRegistrationStatus."""
+    from grpclib.client import Channel, UnaryUnaryMethod
+
+    from smarter_device_manager.api import dra as api
+
+    channel = Channel(path=sock)
+    try:
+        base = f"/{api.REGISTRATION_SERVICE}/"
+        info = await UnaryUnaryMethod(channel, base + "GetInfo", api.InfoRequest,
+                                      api.PluginInfo)(api.InfoRequest(), timeout=30)
+        if info.type != api.PLUGIN_TYPE or api.DRA_V1 not in info.supported_versions:
+            raise RuntimeError(f"GetInfo answered {info!r}")
+        await UnaryUnaryMethod(channel, base + "NotifyRegistrationStatus", api.RegistrationStatus,
+                               api.RegistrationStatusResponse)(
+            api.RegistrationStatus(plugin_registered=True, error=""), timeout=30)
+        return str(info.endpoint)
+    finally:
+        channel.close()
+
+
+async def _prepare(endpoint: str) -> None:
+    """NodePrepareResources then NodeUnprepareResources of the claim on /dev/null."""
+    from grpclib.client import Channel, UnaryUnaryMethod
+
+    from smarter_device_manager.api import dra as api
+
+    channel = Channel(path=endpoint)
+    try:
+        base = f"/{api.DRA_SERVICE}/"
+        claim = api.Claim(namespace="default", name="build", uid="uid-build")
+        prepared = await UnaryUnaryMethod(
+            channel, base + "NodePrepareResources", api.NodePrepareResourcesRequest,
+            api.NodePrepareResourcesResponse)(api.NodePrepareResourcesRequest(claims=[claim]),
+                                              timeout=30)
+        answer = prepared.claims.get("uid-build")
+        if answer is None or answer.error or not answer.devices:
+            raise RuntimeError(f"NodePrepareResources answered {prepared!r}")
+        gone = await UnaryUnaryMethod(
+            channel, base + "NodeUnprepareResources", api.NodeUnprepareResourcesRequest,
+            api.NodeUnprepareResourcesResponse)(api.NodeUnprepareResourcesRequest(claims=[claim]),
+                                                timeout=30)
+        if gone.claims["uid-build"].error:
+            raise RuntimeError(f"NodeUnprepareResources answered {gone!r}")
+    finally:
+        channel.close()
 
 
 def add_path(dest: Path, path: str, seen: set[str]) -> None:
@@ -262,9 +476,11 @@ def main() -> None:
     dest.mkdir(parents=True, exist_ok=True)
     seen: set[str] = set()
 
-    closure = static_closure(site)
     with tempfile.TemporaryDirectory() as tmp:
         traced = traced_imports(venv, Path(tmp))
+    codecs = [path for path in sorted((stdlib / "encodings").glob("*.py"))
+              if path.stem in BASE_CODECS or f"encodings.{path.stem}" in traced]
+    closure = static_closure(site, codecs)
     builtin = set(sys.builtin_module_names)
     missing = sorted(n for n in traced if n not in closure and n not in builtin
                      and not n.startswith("encodings") and n not in ("__main__",)
@@ -288,9 +504,8 @@ def main() -> None:
             if init is not None:
                 files.setdefault(init, parent in traced)
             parent = parent.rpartition(".")[0]
-    for path in sorted((stdlib / "encodings").glob("*.py")):
-        if not CJK_CODECS.match(path.stem):
-            files.setdefault(path, f"encodings.{path.stem}" in traced or path.stem == "__init__")
+    for path in codecs:
+        files.setdefault(path, f"encodings.{path.stem}" in traced or path.stem == "__init__")
     for landmark in ("os.py",):
         files.setdefault(stdlib / landmark, "os" in traced)
 

@@ -10,16 +10,19 @@ ResourceClaims (namespaced) of ``resource.k8s.io/v1`` and answers, as the real o
 * ``POST`` (409 AlreadyExists), ``PUT`` with ``metadata.resourceVersion`` (409 Conflict when it is
   stale, 404 when the slice is gone), ``DELETE``;
 * ``GET .../namespaces/NS/resourceclaims/NAME``;
-* bearer-token authentication (401), and the validation the real server applies to what we send
-  (device names are DNS labels, attribute names C identifiers of at most 32 characters, string
-  values at most 64, at most 128 devices and 32 attributes per device) as 422 Invalid;
+* bearer-token authentication (401), and the validation the real server applies to a
+  ResourceSlice, mirrored from the Kubernetes 1.36 source (see ``_invalid``: lengths in bytes,
+  duplicate device names, the per-slice device limits, attribute name rules, immutable fields on
+  update) as 422 Invalid with the real message format;
 * device taints as 1.36 has them (DRADeviceTaints, beta and on): a taint without ``timeAdded``
-  gets the time it arrived, to the second (defaulting, before validation); key, effect and the
-  limits (16 per device, 64 devices per slice when any device has taints) are validated.
+  gets the time it arrived, to the second (defaulting, before validation); key, effect and 16
+  per device are validated (``_taint_problems``; the 64-device limit is ``_invalid``'s).
 
 Faults to inject: ``fail_next`` (the next requests answer with these statuses), ``delay`` (every
 answer waits), ``forbid`` (RBAC: 403 with the real message for that verb and resource),
-``conflict_next`` (the next update meets a concurrent writer). ``wipe`` deletes a node's slices
+``conflict_next`` (the next update meets a concurrent writer), ``end_watches_at_once`` (every
+watch ends before its first event, as a misbehaving proxy does), ``compact`` (etcd compaction:
+older watches get 410 Gone), ``drop_watches`` (a restarted API server). ``wipe`` deletes a node's slices
 as the kubelet does when it starts. ``writes`` records every successful write with its time.
 """
 
@@ -35,8 +38,6 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 GROUP = "/apis/resource.k8s.io/v1"
-_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_C_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HISTORY = 1000
 CLASSES = GROUP + "/deviceclasses"
 
@@ -66,6 +67,9 @@ class FakeApiServer:
     delay: float = 0.0
     forbid: set[tuple[str, str]] = field(default_factory=set)  # (verb, plural)
     conflict_next: int = 0
+    end_watches_at_once: bool = False  # a proxy that ends every watch before its first event
+    rejected: list[str] = field(default_factory=list)  # the messages of every 422
+    compacted: int = 0  # versions up to this one are gone from the history (410 Gone)
     version: int = 100
     history: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
     _watches: list[_Watch] = field(default_factory=list)
@@ -130,7 +134,7 @@ current-context: sdm@stand-in
         self.claims[(namespace, name)] = {
             "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
             "metadata": {"namespace": namespace, "name": name, "uid": uid, "resourceVersion": self._bump()},
-            "spec": {"devices": {"requests": [{"name": r.get("request", "dev")} for r in results]}},
+            "spec": {"devices": {"requests": _requests(results)}},
             "status": {"allocation": {"devices": {"results": results}}},
         }
 
@@ -269,9 +273,18 @@ current-context: sdm@stand-in
         return 404, _status(404, "NotFound", f"the stand-in does not serve {method} {path}")
 
     def _store(self, verb: str, obj: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        problems = _taint_problems(obj) + _invalid(obj)
+        name = str((obj.get("metadata") or {}).get("name", ""))
+        problems = _taint_problems(obj) + _invalid(obj, self.slices.get(name) if verb == "update" else None)
         if problems:
-            return 422, _status(422, "Invalid", "; ".join(problems))
+            # K/staging/src/k8s.io/apimachinery/pkg/api/errors/errors.go:284-311 (NewInvalid)
+            unique = list(dict.fromkeys(problems))
+            joined = unique[0] if len(unique) == 1 else "[" + ", ".join(unique) + "]"
+            status = _status(422, "Invalid", f'ResourceSlice.resource.k8s.io "{name}" is invalid: {joined}')
+            status["details"] = {"name": name, "group": "resource.k8s.io", "kind": "ResourceSlice",
+                                 "causes": [{"field": p.split(": ", 1)[0], "message": p.split(": ", 1)[1]}
+                                            for p in unique]}
+            self.rejected.append(status["message"])
+            return 422, status
         obj = json.loads(json.dumps(obj))
         obj["metadata"]["resourceVersion"] = self._bump()
         obj["metadata"].setdefault("uid", f"uid-{obj['metadata']['name']}")
@@ -295,7 +308,11 @@ current-context: sdm@stand-in
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                      b"Transfer-Encoding: chunked\r\n\r\n")
         since = int(query.get("resourceVersion") or self.version)
-        if self.history and since < self.history[0][0] - 1:
+        if self.end_watches_at_once:
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+            return
+        if since < self.compacted or (self.history and since < self.history[0][0] - 1):
             _chunk(writer, {"type": "ERROR", "object": _status(410, "Expired", "too old resource version")})
             writer.write(b"0\r\n\r\n")
             await writer.drain()
@@ -322,6 +339,13 @@ current-context: sdm@stand-in
             await writer.drain()
         finally:
             self._watches.remove(watch)
+
+    def compact(self) -> None:
+        """Forget the history, as etcd's compaction does after other writes in the cluster: a
+        watch from an older resourceVersion then gets an ERROR event with code 410 (Gone)."""
+        self._bump()  # some other object changed since anything we hold
+        self.history.clear()
+        self.compacted = self.version
 
     def drop_watches(self) -> None:
         """Cut every watch connection (a restarted API server)."""
@@ -467,6 +491,22 @@ current-context: sdm@stand-in
             self._class_watches.remove(queue)
 
 
+def _requests(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The claim's spec.devices.requests behind its allocation results: a result's ``req/sub``
+    comes from a request with ``firstAvailable`` subrequests (the allocator names the one it
+    chose, K/staging/src/k8s.io/dynamic-resource-allocation/structured/internal/stable/
+    allocator_stable.go:599-604)."""
+    requests: dict[str, dict[str, Any]] = {}
+    for result in results:
+        name, _, sub = str(result.get("request", "dev")).partition("/")
+        if not sub:
+            requests.setdefault(name, {"name": name, "exactly": {"deviceClassName": "d"}})
+            continue
+        request = requests.setdefault(name, {"name": name, "firstAvailable": []})
+        request["firstAvailable"].append({"name": sub, "deviceClassName": "d"})
+    return list(requests.values())
+
+
 def _chunk(writer: asyncio.StreamWriter, event: dict[str, Any]) -> None:
     data = json.dumps(event).encode() + b"\n"
     writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
@@ -486,35 +526,294 @@ def _selected(obj: dict[str, Any], selector: dict[str, str]) -> bool:
     return all(str(spec.get(key.removeprefix("spec."))) == value for key, value in selector.items())
 
 
-def _invalid(obj: dict[str, Any]) -> list[str]:
-    """The parts of the real validation that what we send could break."""
-    problems = []
+# --- validation: a mirror of the real server's, for what a driver sends --------------------------------
+# Kubernetes 1.36, resource.k8s.io/v1 ResourceSlice. K/ = github.com/openshift/kubernetes (the 1.36.2
+# copy in openshift/microshift's deps), V = K/pkg/apis/resource/validation/validation.go. The
+# registry strategy (K/pkg/registry/resource/resourceslice/strategy.go:61-64, 100-102) returns these
+# hand-written errors unchanged. Go's len() counts bytes: every length here is of the UTF-8 encoding.
+# Not mirrored (a driver of ours never sends them): consumesCounters, sharedCounters' own
+# rules, perDeviceNodeSelection per device, binding conditions, nodeSelector contents.
+MAX_DEVICES = 128  # ResourceSliceMaxDevices, K/pkg/apis/resource/types.go:257
+MAX_DEVICES_ADVANCED = 64  # ResourceSliceMaxDevicesWithAdvancedFeatures, types.go:264 (V:713-716)
+MAX_ATTRIBUTES_AND_CAPACITIES = 32  # types.go:615
+MAX_ATTRIBUTE_VALUES = 48  # types.go:619
+MAX_ID = 32  # DeviceMaxIDLength, types.go:646
+MAX_DOMAIN = 63  # DeviceMaxDomainLength, types.go:643
+MAX_VALUE = 64  # DeviceAttributeMaxValueLength, types.go:721 (bytes)
+MAX_KEY_IN_PATH = 96  # V:79 attributeAndCapacityMaxKeyLength
+_LABEL_FMT = "[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_SUBDOMAIN_FMT = _LABEL_FMT + r"(\." + _LABEL_FMT + ")*"
+_C_ID_FMT = "[A-Za-z_][A-Za-z0-9_]*"
+# K/staging/src/k8s.io/apimachinery/pkg/util/validation/validation.go:167-201 (messages verbatim,
+# two spaces before "or" included)
+LABEL_MESSAGE = ("a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and "
+                 "must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex "
+                 f"used for validation is '{_LABEL_FMT}')")
+SUBDOMAIN_MESSAGE = ("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' "
+                     "or '.', and must start and end with an alphanumeric character (e.g. 'example.com', "
+                     f"regex used for validation is '{_SUBDOMAIN_FMT}')")
+# K/staging/src/k8s.io/apimachinery/pkg/api/validate/content/identifier.go:23-35
+C_ID_MESSAGE = ("a valid C identifier must start with alphabetic character or '_', followed by a string of "
+                "alphanumeric characters or '_' (e.g. 'my_name',  or 'MY_NAME',  or 'MyName', regex used for "
+                f"validation is '{_C_ID_FMT}')")
+# V:965-983 semverRe (RE2; [0-9] for Go's ASCII \d)
+_SEMVER = re.compile(r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)"
+                     r"(-(0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*)(\.(0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*))*)?"
+                     r"(\+[0-9a-zA-Z-]+(\.[0-9a-zA-Z-]+)*)?")
+_SCALARS = ("int", "bool", "string", "version")
+_LISTS = ("ints", "bools", "strings", "versions")  # DRAListTypeAttributes: alpha, off in 1.36: dropped
+
+
+def _n(text: str) -> int:
+    return len(text.encode("utf-8"))
+
+
+def _q(value: Any) -> str:
+    """A value as field.Error prints it (apimachinery field/errors.go:109-154)."""
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _invalid_value(path: str, value: Any, detail: str) -> str:
+    return f"{path}: Invalid value: {_q(value)}: {detail}"
+
+
+def _too_long(path: str, limit: int) -> str:
+    return f"{path}: Too long: may not be more than {limit} bytes"
+
+
+def _label_errors(path: str, value: str) -> list[str]:
+    """ValidateDNS1123Label, K/pkg/apis/core/validation/validation.go:159 (util IsDNS1123Label)."""
+    errors = []
+    if len(value) > 63:
+        errors.append(_invalid_value(path, value, "must be no more than 63 characters"))
+    if not re.fullmatch(_LABEL_FMT, value):
+        detail = "must not contain dots" if re.fullmatch(_SUBDOMAIN_FMT, value) else LABEL_MESSAGE
+        errors.append(_invalid_value(path, value, detail))
+    return errors
+
+
+def _subdomain_errors(path: str, value: str) -> list[str]:
+    """util IsDNS1123Subdomain (validation.go:198)."""
+    errors = []
+    if len(value) > 253:
+        errors.append(_invalid_value(path, value, "must be no more than 253 characters"))
+    if not re.fullmatch(_SUBDOMAIN_FMT, value):
+        errors.append(_invalid_value(path, value, SUBDOMAIN_MESSAGE))
+    return errors
+
+
+def _driver_name_errors(path: str, value: str) -> list[str]:
+    """ValidateCSIDriverName, K/pkg/apis/core/validation/validation.go:1810-1838 (uppercase passes)."""
+    if not value:
+        return [f"{path}: Required value"]
+    if _n(value) > 63:
+        return [_too_long(path, 63)]
+    return _subdomain_errors(path, value.lower())
+
+
+def _c_identifier_errors(path: str, value: str) -> list[str]:
+    """V:1243-1252: TooLong past 32 bytes, then the C identifier format."""
+    errors = []
+    if _n(value) > MAX_ID:
+        errors.append(_too_long(path, MAX_ID))
+    if not re.fullmatch(_C_ID_FMT, value):
+        errors.append(_invalid_value(path, value, C_ID_MESSAGE))
+    return errors
+
+
+def _qualified_name_errors(path: str, key: str) -> list[str]:
+    """validateQualifiedName, V:1199-1230 (errors at the map's path, not at [key])."""
+    parts = key.split("/")
+    if len(parts) == 1:
+        return _c_identifier_errors(path, key)
+    if len(parts) > 2:
+        return []  # accepted without error: a TODO in the real code (V:1217-1227)
+    domain, name = parts
+    errors = []
+    if not domain:
+        errors.append(_invalid_value(path, "", "the domain must not be empty"))
+    else:
+        errors += [e for e in _driver_name_errors(path, domain) if not e.endswith("Required value")]
+    if not name:
+        errors.append(_invalid_value(path, "", "the name must not be empty"))
+    else:
+        errors += _c_identifier_errors(path, name)
+    return errors
+
+
+def _key_in_path(key: str) -> str:
+    """V:1372-1383: keys longer than 96 bytes are shortened in error paths."""
+    return key if _n(key) <= MAX_KEY_IN_PATH else key[:47] + "..." + key[-46:]
+
+
+def _attribute_errors(path: str, value: Any) -> list[str]:
+    """validateDeviceAttribute, V:985-1062 (list forms dropped first: their gate is off)."""
+    if not isinstance(value, dict):
+        return [_invalid_value(path, "", "exactly one value must be specified")]
+    present = [k for k in _SCALARS if k in value and value[k] is not None]
+    if len(present) != 1:
+        shown: Any = "" if not present else {k: value[k] for k in present}
+        return [_invalid_value(path, shown, "exactly one value must be specified")]
+    kind = present[0]
+    item = value[kind]
+    if kind == "string":
+        return [_too_long(f"{path}.string", MAX_VALUE)] if _n(str(item)) > MAX_VALUE else []
+    if kind == "version":
+        errors = []
+        if not _SEMVER.fullmatch(str(item)):
+            errors.append(_invalid_value(f"{path}.version", item,
+                                         "must be a string compatible with semver.org spec 2.0.0"))
+        if _n(str(item)) > MAX_VALUE:
+            errors.append(_too_long(f"{path}.version", MAX_VALUE))
+        return errors
+    return []
+
+
+def _quantity(text: Any) -> int:
+    """The plain integer quantities a driver of ours sends (Kubernetes takes any Quantity)."""
+    return int(str(text))
+
+
+def _capacity_errors(path: str, capacity: Any, multiple: bool) -> list[str]:
+    """V:1064-1192: requestPolicy needs allowMultipleAllocations, and then must be consistent."""
+    policy = capacity.get("requestPolicy") if isinstance(capacity, dict) else None
+    if policy is None:
+        return []
+    if not multiple:
+        return [f"{path}.requestPolicy: Forbidden: allowMultipleAllocations must be true"]
+    errors: list[str] = []
+    value = _quantity(capacity.get("value", 0))
+    rng = policy.get("validRange")
+    if policy.get("validValues") is not None and rng is not None:
+        return [f"{path}.requestPolicy: Forbidden: validValues and validRange are mutually exclusive"]
+    if "default" not in policy and (rng is not None or policy.get("validValues") is not None):
+        return [f"{path}.requestPolicy.default: Required value"]
+    if rng is not None:
+        default = _quantity(policy["default"])
+        low = rng.get("min")
+        if low is None:
+            return [f"{path}.requestPolicy.validRange.min: Required value"]
+        low = _quantity(low)
+        if low > value:
+            errors.append(_invalid_value(f"{path}.requestPolicy.validRange.min", str(low),
+                                         "must be less than or equal to capacity value"))
+        if default < low:
+            errors.append(_invalid_value(f"{path}.requestPolicy.default", str(default),
+                                         "must be within range"))
+        high = rng.get("max")
+        if high is not None:
+            high = _quantity(high)
+            if high < low or high > value or high < default:
+                errors.append(_invalid_value(f"{path}.requestPolicy.validRange.max", str(high),
+                                             "must be in [min, capacity value] and at least the default"))
+        step = rng.get("step")
+        if step is not None:
+            step = _quantity(step)
+            if low + step > value or (default - low) % step or (high is not None and (high - low) % step):
+                errors.append(_invalid_value(f"{path}.requestPolicy.validRange.step", str(step),
+                                             "must fit the range and divide it"))
+    return errors
+
+
+def _device_errors(path: str, device: dict[str, Any]) -> list[str]:
+    """validateDevice, V:822-897."""
+    errors = _label_errors(f"{path}.name", str(device.get("name", "")))
+    attributes = {k: {kk: vv for kk, vv in v.items() if kk not in _LISTS} if isinstance(v, dict) else v
+                  for k, v in (device.get("attributes") or {}).items()}
+    capacity = device.get("capacity") or {}
+    total = len(attributes) + len(capacity)
+    if total > MAX_ATTRIBUTES_AND_CAPACITIES:
+        errors.append(_invalid_value(path, total, "the total number of attributes and capacities must not "
+                                     f"exceed {MAX_ATTRIBUTES_AND_CAPACITIES}"))
+    values = len(attributes)  # scalars count one each (list forms are dropped, V:934-946)
+    if values > MAX_ATTRIBUTE_VALUES:
+        errors.append(_invalid_value(path, values, "the total number of attribute values must not exceed "
+                                     f"{MAX_ATTRIBUTE_VALUES}"))
+    for key, value in attributes.items():
+        errors += _qualified_name_errors(f"{path}.attributes", key)
+        errors += _attribute_errors(f"{path}.attributes[{_key_in_path(key)}]", value)
+    multiple = device.get("allowMultipleAllocations") is True
+    for key, value in capacity.items():
+        errors += _qualified_name_errors(f"{path}.capacity", key)
+        errors += _capacity_errors(f"{path}.capacity[{_key_in_path(key)}]", value, multiple)
+    return errors
+
+
+def _pool_errors(pool: dict[str, Any]) -> list[str]:
+    """V:810-820 and V:82-96: each '/'-separated part of the name a DNS subdomain."""
+    errors = []
+    name = str(pool.get("name", ""))
+    if not name:
+        errors.append("spec.pool.name: Required value")
+    elif _n(name) > 253:
+        errors.append(_too_long("spec.pool.name", 253))
+    else:
+        for part in name.split("/"):
+            errors += _subdomain_errors("spec.pool.name", part)
+    count = int(pool.get("resourceSliceCount", 0))
+    if count <= 0:
+        errors.append(_invalid_value("spec.pool.resourceSliceCount", count, "must be greater than zero"))
+    generation = int(pool.get("generation", 0))
+    if generation < 0:
+        errors.append(_invalid_value("spec.pool.generation", generation,
+                                     "must be greater than or equal to zero"))
+    return errors
+
+
+def _has_advanced(device: dict[str, Any]) -> bool:
+    return bool(device.get("taints") or device.get("consumesCounters"))
+
+
+def _invalid(obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
+    """The errors the real API server reports for this ResourceSlice (ValidateResourceSlice[Update],
+    V:639-733), as its messages say them."""
+    errors = _subdomain_errors("metadata.name", str((obj.get("metadata") or {}).get("name", "")))
     spec = obj.get("spec") or {}
+    errors += _driver_name_errors("spec.driver", str(spec.get("driver", "")))
+    errors += _pool_errors(spec.get("pool") or {})
+    if old is not None:  # V:656-660
+        before = old.get("spec") or {}
+        for key, shown in (("pool", "spec.pool.name"), ("driver", "spec.driver"),
+                           ("nodeName", "spec.nodeName")):
+            now = (spec.get("pool") or {}).get("name") if key == "pool" else spec.get(key)
+            then = (before.get("pool") or {}).get("name") if key == "pool" else before.get(key)
+            if now != then:
+                errors.append(_invalid_value(shown, now, "field is immutable"))
+    chosen = [k for k in ("nodeName", "nodeSelector", "allNodes", "perDeviceNodeSelection")
+              if spec.get(k) is not None]
+    if not chosen:
+        errors.append("spec: Required value: exactly one of `nodeName`, `nodeSelector`, `allNodes`, "
+                      "`perDeviceNodeSelection` is required")
+    elif len(chosen) > 1:
+        errors.append(_invalid_value("spec", "{" + ", ".join(f"`{k}`" for k in chosen) + "}",
+                                     "exactly one of `nodeName`, `nodeSelector`, `allNodes`, "
+                                     "`perDeviceNodeSelection` is required, but multiple fields are set"))
+    if spec.get("nodeName") is not None:
+        node = str(spec["nodeName"])
+        if not node:
+            errors.append(_invalid_value("spec.nodeName", "",
+                                         "must be either unset or set to a non-empty string"))
+        else:
+            errors += _subdomain_errors("spec.nodeName", node)
+    if spec.get("sharedCounters") is not None and spec.get("devices") is not None:
+        errors.append(_invalid_value("spec", "", "only one of `sharedCounters` or `devices` is allowed"))
     devices = spec.get("devices") or []
-    if len(devices) > 128:
-        problems.append(f"spec.devices: Too many: {len(devices)}: must have at most 128 items")
+    limit = MAX_DEVICES_ADVANCED if any(_has_advanced(d) for d in devices) else MAX_DEVICES
+    if len(devices) > limit:  # validateSet: nothing else about the devices is checked then (V:1302-1313)
+        return [*errors, f"spec.devices: Too many: {len(devices)}: must have at most {limit} items"]
+    seen: set[str] = set()
+    duplicates = []
     for number, device in enumerate(devices):
-        where = f"spec.devices[{number}]"
-        if not _LABEL.match(device.get("name", "")):
-            problems.append(f"{where}.name: Invalid value: {device.get('name')!r}: not a DNS label")
-        attributes = device.get("attributes") or {}
-        if len(attributes) + len(device.get("capacity") or {}) > 32:
-            problems.append(f"{where}: the total number of attributes and capacities must not exceed 32")
-        for key, value in attributes.items():
-            if len(key) > 32 or not _C_IDENTIFIER.match(key):
-                problems.append(f"{where}.attributes[{key}]: not a C identifier of at most 32 characters")
-            if len(value) != 1 or next(iter(value)) not in ("string", "int", "bool", "version"):
-                problems.append(f"{where}.attributes[{key}]: exactly one of string, int, bool, version")
-            elif isinstance(value.get("string"), str) and len(value["string"]) > 64:
-                problems.append(f"{where}.attributes[{key}].string: Too long: may not be more than 64 bytes")
-        if device.get("capacity") and not device.get("allowMultipleAllocations"):
-            for key, cap in device["capacity"].items():
-                if "requestPolicy" in cap:
-                    problems.append(f"{where}.capacity[{key}].requestPolicy: needs allowMultipleAllocations")
-    pool = spec.get("pool") or {}
-    if int(pool.get("generation", 0)) < 0 or int(pool.get("resourceSliceCount", 0)) < 1:
-        problems.append("spec.pool: generation >= 0 and resourceSliceCount >= 1 required")
-    return problems
+        errors += _device_errors(f"spec.devices[{number}]", device)
+        name = str(device.get("name", ""))
+        if name in seen:
+            duplicates.append(f"spec.devices[{number}]: Duplicate value: {_q(name)}")
+        seen.add(name)
+    return errors + duplicates
 
 
 _TAINT_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
@@ -522,7 +821,7 @@ _TAINT_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 
 def _taint_problems(obj: dict[str, Any]) -> list[str]:
     """Default each taint's ``timeAdded`` as the server does (v1/defaults.go), then the taint rules
-    of 1.36's validation (V:713-716, 845-853, 1505-1522)."""
+    of 1.36's validation (V:845-853, 1505-1522)."""
     problems = []
     devices = (obj.get("spec") or {}).get("devices") or []
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -540,8 +839,6 @@ def _taint_problems(obj: dict[str, Any]) -> list[str]:
             if taint.get("effect") not in ("NoExecute", "NoSchedule", "None"):
                 problems.append(f"{where}.effect: Unsupported value: {taint.get('effect')!r}: "
                                 'supported values: "NoExecute", "NoSchedule", "None"')
-    if any(d.get("taints") for d in devices) and len(devices) > 64:
-        problems.append(f"spec.devices: Too many: {len(devices)}: must have at most 64 items")
     return problems
 
 

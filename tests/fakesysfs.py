@@ -294,6 +294,25 @@ class FakeSysfs:
         self._mkdir(f"{serial_port}/tty")
         return self.class_device(f"{serial_port}/tty/{node}", "tty", node, 188, minor, usb=usb, lean=lean)
 
+    def multiport(self, port: str = "1-1.5", nodes: tuple[str, ...] = ("ttyUSB4", "ttyUSB5", "ttyUSB6",
+                                                                    "ttyUSB7"),
+                  serial: str | None = None, devnum: int | None = None) -> list[FakeDevice]:
+        """A MosChip MCS7840 4-port adapter (9710:7840, driver mos7840): ONE interface :1.0 with one
+        usb-serial port dir per port, each with its ``port_number`` (0, 1, ...), as the usb-serial
+        core makes them (FTDI quad chips look so on some kernels too). No serial by default."""
+        usb = self.usb_device(port, vid="9710", pid="7840", manufacturer=None, product="MCS7840",
+                              serial=serial, devnum=devnum)
+        intf = self._interface(usb, f"{port}:1.0", number=0, cls="ff", driver="mos7840",
+                               interface="MCS7840")
+        devices = []
+        for number, node in enumerate(nodes):
+            serial_port = self.device(f"{intf}/{node}", subsystem="usb-serial", driver="mos7840",
+                                      attrs={"port_number": str(number)}, uevent={"DRIVER": "mos7840"})
+            self._mkdir(f"{serial_port}/tty")
+            devices.append(self.class_device(f"{serial_port}/tty/{node}", "tty", node, 188, _digits(node),
+                                             usb=usb))
+        return devices
+
     def ftdi(self, port: str = "1-1.3", node: str = "ttyUSB0", minor: int | None = None,
              serial: str | None = "A50285BI", devnum: int | None = None, lean: bool = False) -> FakeDevice:
         """FTDI FT232R (0403:6001, driver ftdi_sio) at the reference's Pi 4 path by default."""

@@ -231,6 +231,17 @@ class KubeletDraStandin:
         return await self._stub(driver).NodePrepareResources(dpb.NodePrepareResourcesRequest(
             claims=[dpb.Claim(namespace=ns, name=name, uid=uid) for ns, name, uid in claims]))
 
+    @staticmethod
+    def container_cdi_ids(claim: dpb.NodePrepareResourceResponse, request: str = "") -> list[str]:
+        """The CDI IDs a container gets from one prepared claim, as the kubelet picks them: a
+        container naming ``request`` (in ``resources.claims[].request``, a DNS label, so never
+        ``req/sub``) gets the devices whose request_names hold exactly that name, or that have
+        none; a container naming no request gets them all (Kubernetes 1.36
+        pkg/kubelet/cm/dra/claiminfo.go:122-135, cdiDevicesAsList)."""
+        return [cdi_id for device in claim.devices
+                if not request or not device.request_names or request in device.request_names
+                for cdi_id in device.cdi_device_ids]
+
     async def unprepare(self, driver: str,
                         *claims: tuple[str, str, str]) -> dpb.NodeUnprepareResourcesResponse:
         return await self._stub(driver).NodeUnprepareResources(dpb.NodeUnprepareResourcesRequest(

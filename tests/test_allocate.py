@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import deviceplugin_pb2 as pb
 import pytest
@@ -159,3 +160,49 @@ def test_directory_nodes_reports_an_unreadable_subdirectory() -> None:
         pytest.skip("setpriv unavailable")
     assert json.loads(result.stdout) == [["snd/controlC0"],
                                          ["/dev/snd/secret: Permission denied"]]
+
+
+async def prepare_in_dra(tmp_path: Path, dev: Path, scanned: dict[str, Any], device: str, uid: str) -> str:
+    """NodePrepareResources of one claim for ``device`` through DRA mode's node service, against
+    the API server stand-in; the answer's error ('' when prepared)."""
+    from fake_apiserver import FakeApiServer
+
+    from smarter_device_manager.api import dra as dra_pb
+    from smarter_device_manager.dra import kube
+    from smarter_device_manager.dra.devices import Paths as DraPaths
+    from smarter_device_manager.dra.node import Checkpoint, NodeService
+    from smarter_device_manager.metrics import Metrics
+
+    api = FakeApiServer()
+    await api.start()
+    client = kube.KubeClient(kube.load_kubeconfig(api.kubeconfig(str(tmp_path / "kc"))))
+    try:
+        api.add_claim("ns", uid, uid, [{"request": "r", "driver": "d.io", "pool": "n1", "device": device}])
+        service = NodeService("d.io", "n1", client, lambda: scanned, lambda: None,
+                              DraPaths(str(dev), str(dev)), "smarter-devices", str(tmp_path / "cdi"),
+                              Checkpoint(str(tmp_path / "state")), Metrics())
+        answer = await service.prepare(dra_pb.Claim(namespace="ns", name=uid, uid=uid))
+        return str(answer.error)
+    finally:
+        await client.close()
+        await api.stop()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_dra_prepare_refuses_nodes_reached_through_a_swapped_directory(case: str, tmp_path: Path) -> None:
+    """DRA mode's NodePrepareResources makes the same containment check as Allocate."""
+    from smarter_device_manager.dra.devices import dra_devices
+
+    spec = CASES[case]
+    dev = tmp_path / "dev"
+    spec.make(dev)
+    (tmp_path / "cdi").mkdir()
+    (tmp_path / "state").mkdir()
+    config = parse_config(f"- devicematch: {spec.pattern}\n  nummaxdevices: 1\n", "c")
+    devices, _ = dra_devices(discover(str(dev), config, "smarter-devices"), "smarter-devices", str(dev), None)
+    scanned: dict[str, Any] = {d.name: d for d in devices}
+    (name,) = scanned
+    assert asyncio.run(prepare_in_dra(tmp_path, dev, scanned, name, "before")) == ""
+    swap_for_outside_symlink(tmp_path, spec.swapped)
+    error = asyncio.run(prepare_in_dra(tmp_path, dev, scanned, name, "after"))
+    assert f"/dev/{spec.swapped} is no longer a directory inside the dev dir" in error

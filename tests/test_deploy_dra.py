@@ -117,6 +117,22 @@ def test_dra_objects(chart: helm.Chart) -> None:
         "policyName"] == policy["metadata"]["name"]
 
 
+@pytest.mark.parametrize("driver", ["smarter-devices.io", "devices.example.com"])
+def test_admission_policy_pins_node_and_driver(chart: helm.Chart, driver: str) -> None:
+    """The policy holds the daemon to its own node's slices AND its own driver's: without the
+    driver pin, a compromised daemon could create or delete other drivers' slices on its node."""
+    kinds = by_kind(objects(chart, {"dra": {"enabled": True, "driverName": driver}}))
+    spec = kinds["ValidatingAdmissionPolicy"][0]["spec"]
+    assert set(spec["matchConstraints"]["resourceRules"][0]["operations"]) == {"CREATE", "UPDATE", "DELETE"}
+    variables = {v["name"]: " ".join(v["expression"].split()) for v in spec["variables"]}
+    # on DELETE the request has no object: the slice being deleted is oldObject
+    assert variables["sliceDriver"] == ('request.operation == "DELETE" ? oldObject.spec.?driver.orValue("") '
+                                        ': object.spec.?driver.orValue("")')
+    expressions = {" ".join(v["expression"].split()) for v in spec["validations"]}
+    assert f'variables.sliceDriver == "{driver}"' in expressions
+    assert "variables.sliceNode == variables.userNode" in expressions
+
+
 def test_dra_values(chart: helm.Chart) -> None:
     objs = objects(chart, {"dra": {
         "enabled": True, "driverName": "devices.example.com", "deviceClass": False,

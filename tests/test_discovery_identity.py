@@ -60,16 +60,46 @@ def test_attribute_only_rules_skip_symlinks_path_rules_follow_them(tree: Tree) -
     assert found.resources["f-A50285BI"].nodes[0].path == "serial/by-id/usb-FTDI"
 
 
-def test_pool_members_have_stable_identities_and_duplicates_are_told(tree: Tree) -> None:
+def test_pool_members_sharing_a_serial_are_told_apart_by_their_port(tree: Tree) -> None:
+    """Not by their node names (the second one found used to be '0001-ttyUSB3', and the first
+    bare '0001': which one got which depended on the others present)."""
     tree.plug(tree.fake.cp2102(port="1-1.4", node="ttyUSB1", serial="0001"))
     tree.plug(tree.fake.cp2102(port="1-1.5", node="ttyUSB3", serial="0001"))
     tree.plug(tree.fake.ch340(port="1-1.2", node="ttyUSB2"))
+    tree.plug(tree.fake.ftdi(port="1-1.3", node="ttyUSB0"))
     found = tree.scan("- {name: serials, pool: true, devicematch: ^ttyUSB, nummaxdevices: 1}\n")
     pool = found.resources["serials"]
     assert pool.kind == KIND_POOL
-    assert [(m.identity, m.path) for m in pool.members] == [
-        ("0001", "ttyUSB1"), ("0001-ttyUSB3", "ttyUSB3"), ("usb-1-1.2", "ttyUSB2")]
-    assert any("/dev/ttyUSB3 has the same identity as /dev/ttyUSB1 (0001)" in p for p in found.problems)
+    assert [(m.identity, m.path, m.own, m.where) for m in pool.members] == [
+        ("0001-usb-1-1.4", "ttyUSB1", "0001", "0001-usb-1-1.4"),
+        ("0001-usb-1-1.5", "ttyUSB3", "0001", "0001-usb-1-1.5"),
+        ("A50285BI", "ttyUSB0", "A50285BI", "A50285BI-usb-1-1.3"),
+        ("usb-1-1.2", "ttyUSB2", "usb-1-1.2", "usb-1-1.2")]
+    assert not found.problems
+
+
+def test_pool_of_a_single_interface_multiport_adapter(tree: Tree) -> None:
+    """MCS7840: four ports on one interface; each port its own ID from its port_number (they all
+    used to get the adapter's identity, and then node-name IDs)."""
+    for device in tree.fake.multiport(port="1-1.5"):
+        tree.plug(device)
+    found = tree.scan("- {name: serials, pool: true, devicematch: ^ttyUSB, nummaxdevices: 1}\n")
+    assert [(m.identity, m.path) for m in found.resources["serials"].members] == [
+        ("usb-1-1.5", "ttyUSB4"), ("usb-1-1.5-port1", "ttyUSB5"), ("usb-1-1.5-port2", "ttyUSB6"),
+        ("usb-1-1.5-port3", "ttyUSB7")]
+    assert not found.problems
+
+
+def test_devices_sysfs_cannot_tell_apart_fall_back_to_node_names_and_are_told(tree: Tree) -> None:
+    """A multiport adapter whose ports have no port_number (an old kernel): one identity for all."""
+    ports = tree.fake.multiport(port="1-1.5", nodes=("ttyUSB4", "ttyUSB5"))
+    for device in ports:
+        os.unlink(os.path.join(tree.fake.root, device.path.rsplit("/tty/", 1)[0], "port_number"))
+        tree.plug(device)
+    found = tree.scan("- {name: serials, pool: true, devicematch: ^ttyUSB, nummaxdevices: 1}\n")
+    assert [(m.identity, m.path) for m in found.resources["serials"].members] == [
+        ("usb-1-1.5", "ttyUSB4"), ("usb-1-1.5-ttyUSB5", "ttyUSB5")]
+    assert any("/dev/ttyUSB5 has the same identity as /dev/ttyUSB4 (usb-1-1.5)" in p for p in found.problems)
 
 
 def test_sysfs_trouble_skips_only_that_device(tree: Tree, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from smarter_device_manager.config import load_config
 from smarter_device_manager.discovery import discover
 from smarter_device_manager.dra import kube
 from smarter_device_manager.dra.devices import DraDevice, dra_devices, label
-from smarter_device_manager.dra.node import Checkpoint
+from smarter_device_manager.dra.node import Checkpoint, entry_problem
 from smarter_device_manager.dra.slices import Echo, desired_specs, device_entry, plan, slice_name
 from smarter_device_manager.rules import Config
 
@@ -107,6 +107,112 @@ def test_devices_have_typed_attributes_and_pool_members(tmp_path: Path) -> None:
         for key, value in device.attributes:
             assert key.isidentifier() and len(key) <= 32
             assert len(value) == 1 and len(str(value.get("string", ""))) <= 64
+
+
+# --- what the API server accepts ---------------------------------------------------------------------
+def test_cut_counts_bytes_and_keeps_characters_whole() -> None:
+    from smarter_device_manager.dra.validation import cut
+
+    assert cut("x" * 70) == "x" * 64
+    assert cut("沁" * 30) == "沁" * 21  # 3 bytes each: 63 bytes, the 22nd would make 66
+    assert cut("ab" + "é" * 40) == "ab" + "é" * 31  # 2 + 62 bytes
+    assert cut("short") == "short"
+    assert cut("😀" * 20).encode() == ("😀" * 16).encode()
+
+
+def test_fit_drops_what_the_server_refuses_and_keeps_the_rest(tmp_path: Path) -> None:
+    from smarter_device_manager.dra.slices import fit
+
+    good, bad_attrs, bad_name, twin = _fake_devices(tmp_path, 4)
+    bad_attrs = DraDevice(bad_attrs.name, bad_attrs.resource, (
+        ("path", {"string": "/dev/x"}), ("long", {"string": "沁" * 30}), ("v", {"version": "1.0"}),
+        ("not-an-identifier", {"int": 1}), ("two", {"int": 1, "bool": True})), bad_attrs.nodes)
+    bad_name = DraDevice("Bad_Name", bad_name.resource, bad_name.attributes, bad_name.nodes)
+    twin = DraDevice(good.name, twin.resource, twin.attributes, twin.nodes)
+    kept, problems = fit([good, bad_attrs, bad_name, twin])
+    assert [d.name for d in kept] == [good.name, bad_attrs.name]
+    assert dict(kept[1].attributes) == {"path": {"string": "/dev/x"}}
+    text = "\n".join(problems)
+    for word in ("long", "'1.0' is not a semantic version", "not-an-identifier", "two", "Bad_Name",
+                 f"device name {good.name} is taken"):
+        assert word in text, word
+    api_errors = _stand_in_errors(desired_specs("n1", "d.io", kept, 1))
+    assert api_errors == [], "what fit keeps, the API server stand-in accepts"
+
+
+def _stand_in_errors(specs: dict[str, dict[str, Any]]) -> list[str]:
+    from fake_apiserver import _invalid
+
+    return [e for name, spec in specs.items() for e in _invalid({"metadata": {"name": name}, "spec": spec})]
+
+
+def test_colliding_names_are_renamed_until_unique(tmp_path: Path) -> None:
+    """Serials abc, ABC and abc-<crc> gave two devices of one name after one round of renaming."""
+    import binascii
+
+    from smarter_device_manager.dra.devices import _unique
+
+    a, b, c = _fake_devices(tmp_path, 3)
+    crc = f"{binascii.crc32(b.where.encode()):08x}"
+    devices = [DraDevice("p-abc", a.resource, a.attributes, a.nodes),
+               DraDevice("p-abc", b.resource, b.attributes, b.nodes),
+               DraDevice(f"p-abc-{crc}", c.resource, c.attributes, c.nodes)]
+    problems: list[str] = []
+    names = [d.name for d in _unique(devices, problems)]
+    assert len(set(names)) == 3 and f"p-abc-{crc}" in names
+    assert [d.name for d in _unique(list(reversed(devices)), [])] == names, "the same in any order"
+
+
+SLICE = {"metadata": {"name": "n1-d.io-0"}, "spec": {
+    "driver": "d.io", "nodeName": "n1", "pool": {"name": "n1", "generation": 1, "resourceSliceCount": 1},
+    "devices": [{"name": "gpu-0", "attributes": {"foo": {"string": "x"}}}]}}
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    # the messages of K/pkg/apis/resource/validation/validation_resourceslice_test.go (Kubernetes 1.36)
+    ({"attributes": {"foo": {"string": "x" * 65}}},
+     ["spec.devices[0].attributes[foo].string: Too long: may not be more than 64 bytes"]),
+    ({"attributes": {"foo": {"string": "沁" * 22}}},  # 22 characters, 66 bytes
+     ["spec.devices[0].attributes[foo].string: Too long: may not be more than 64 bytes"]),
+    ({"attributes": {"1foo": {"int": 1}}},
+     ["spec.devices[0].attributes: Invalid value: \"1foo\": a valid C identifier must start with alphabetic "
+      "character or '_', followed by a string of alphanumeric characters or '_' (e.g. 'my_name',  or "
+      "'MY_NAME',  or 'MyName', regex used for validation is '[A-Za-z_][A-Za-z0-9_]*')"]),
+    ({"attributes": {"a" * 33: {"int": 1}}},
+     ["spec.devices[0].attributes: Too long: may not be more than 32 bytes"]),
+    ({"attributes": {"/x": {"int": 1}}},
+     ["spec.devices[0].attributes: Invalid value: \"\": the domain must not be empty"]),
+    ({"attributes": {"v": {"version": "1.0"}}},
+     ["spec.devices[0].attributes[v].version: Invalid value: \"1.0\": must be a string compatible with "
+      "semver.org spec 2.0.0"]),
+    ({"name": "GPU_0"},
+     ["spec.devices[0].name: Invalid value: \"GPU_0\": a lowercase RFC 1123 label must consist of lower case "
+      "alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. "
+      "'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"]),
+    ({"attributes": {f"a{i}": {"int": i} for i in range(33)}},
+     ["spec.devices[0]: Invalid value: 33: the total number of attributes and capacities must not "
+      "exceed 32"]),
+])
+def test_the_api_stand_in_judges_like_the_api_server(change: dict[str, Any], expected: list[str]) -> None:
+    obj = json.loads(json.dumps(SLICE))
+    obj["spec"]["devices"][0].update(change)
+    assert _stand_in_errors({obj["metadata"]["name"]: obj["spec"]}) == expected
+
+
+def test_the_api_stand_in_counts_devices_and_duplicates_like_the_api_server() -> None:
+    obj = json.loads(json.dumps(SLICE))
+    obj["spec"]["devices"] = [{"name": "gpu-0"}, {"name": "gpu-0"}]
+    assert _stand_in_errors({"s": obj["spec"]}) == ['spec.devices[1]: Duplicate value: "gpu-0"']
+    obj["spec"]["devices"] = [{"name": f"d{i}"} for i in range(129)]
+    assert _stand_in_errors({"s": obj["spec"]}) == [
+        "spec.devices: Too many: 129: must have at most 128 items"]
+    obj["spec"]["devices"] = [{"name": f"d{i}", "taints": [{"key": "k", "effect": "NoSchedule"}]}
+                              for i in range(65)]
+    assert _stand_in_errors({"s": obj["spec"]}) == ["spec.devices: Too many: 65: must have at most 64 items"]
+    obj["spec"]["devices"] = []
+    obj["spec"]["pool"]["resourceSliceCount"] = 0
+    assert _stand_in_errors({"s": obj["spec"]}) == [
+        "spec.pool.resourceSliceCount: Invalid value: 0: must be greater than zero"]
 
 
 # --- slices and the write plan ---------------------------------------------------------------------
@@ -344,6 +450,63 @@ def test_checkpoint_round_trips_and_sets_a_damaged_file_aside(tmp_path: Path) ->
     assert other.claims == {}
 
 
+def test_checkpoint_sets_a_bad_entry_aside_and_keeps_the_rest(tmp_path: Path) -> None:
+    good = {"namespace": "n", "name": "c", "devices": [
+        {"requests": ["r"], "pool": "n1", "device": "video0", "cdi": ["d.io/device=video0"]}]}
+    bad = {
+        "x": {"devices": []},  # the entry that crashed every start (KeyError: 'namespace')
+        "y": {"namespace": "n", "name": "c2", "devices": [{"pool": "n1", "device": "v"}]},
+        "z": {"namespace": "n", "name": "c3", "devices": [
+            {"requests": "r", "pool": "n1", "device": "v", "cdi": []}]},
+        "w": ["not", "an", "object"],
+    }
+    path = tmp_path / "checkpoint.json"
+    path.write_text(json.dumps({"version": 1, "claims": {"u": good, **bad}}))
+    checkpoint = Checkpoint(str(tmp_path))
+    checkpoint.load()
+    assert checkpoint.claims == {"u": good}
+    assert json.loads((tmp_path / "checkpoint.json.damaged").read_text())["claims"] == bad
+    assert json.loads(path.read_text())["claims"] == {"u": good}, "the checkpoint keeps the good one"
+    for uid, entry in bad.items():
+        assert entry_problem(entry) is not None, uid
+
+
+@needs_root
+def test_daemon_starts_with_a_bad_checkpoint_entry(tmp_path: Path) -> None:
+    """The daemon's start reads every entry; a bad one must not stop it (it crashed at each start)."""
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "checkpoint.json").write_text('{"version": 1, "claims": {"x": {"devices": []}}}')
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "cdi").mkdir()
+    (tmp_path / "c.yaml").write_text("[]\n")
+
+    async def scenario() -> None:
+        api = FakeApiServer()
+        await api.start()
+        kubeconfig = api.kubeconfig(str(tmp_path / "kc"))
+        daemon = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "smarter_device_manager", "dra", "--node-name", "n1", "--kubeconfig",
+            kubeconfig, "--dev-dir", str(tmp_path / "dev"), "--config", str(tmp_path / "c.yaml"),
+            "--kubelet-plugins-dir", str(tmp_path / "plugins"), "--kubelet-registry-dir",
+            str(tmp_path / "registry"), "--cdi-dir", str(tmp_path / "cdi"), "--state-dir",
+            str(tmp_path / "state"), "--sys-dir", str(tmp_path / "sys"),
+            stderr=asyncio.subprocess.PIPE)
+        assert daemon.stderr is not None
+        log = b""
+        try:
+            while b"registering through" not in log:
+                line = await asyncio.wait_for(daemon.stderr.readline(), 30)
+                assert line, f"the daemon ended: {log.decode()}"
+                log += line
+        finally:
+            if daemon.returncode is None:
+                daemon.terminate()
+            await daemon.wait()
+            await api.stop()
+        assert "claim x is not usable (no string 'namespace')" in log.decode()
+    _run(scenario())
+
+
 # --- the dra subcommand ------------------------------------------------------------------------------------
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     full = {k: v for k, v in os.environ.items() if not k.startswith(("SDM_", "KUBERNETES_"))}
@@ -467,3 +630,122 @@ def test_prepare_refuses_what_it_cannot_prepare_and_cleans_up(tmp_path: Path) ->
         await client.close()
         await api.stop()
     _run(scenario())
+
+
+# --- issue 16, item 3: devices of path rules named by identity; prepare checks the device ------------
+PATH_RULES = "- devicematch: ^ttyACM[0-9]*$\n  nummaxdevices: 1\n" \
+             "- devicematch: ^ttyUSB[0-9]*$\n  nummaxdevices: 1\n" \
+             "- devicematch: ^fuse$\n  nummaxdevices: 20\n"
+
+
+@needs_root
+def test_devices_of_path_rules_are_named_by_identity_not_kernel_name(tmp_path: Path) -> None:
+    sysfs = FakeSysfs(str(tmp_path / "sys"))
+    dev = tmp_path / "dev"
+    made = [sysfs.ublox(port="1-1.1", node="ttyACM0"), sysfs.ftdi(port="1-1.2", node="ttyUSB0"),
+            sysfs.cp2102(port="1-1.3", node="ttyUSB1"), sysfs.cp2102(port="1-1.4", node="ttyUSB2")]
+    for device in made:
+        mkdev(dev / device.node, major=device.major, minor=device.minor)
+    mkdev(dev / "fuse", major=10, minor=229)
+    config = _config(tmp_path, PATH_RULES)
+
+    def names() -> dict[str, DraDevice]:
+        inventory = discover(str(dev), config, "smarter-devices", str(tmp_path / "sys"))
+        return {d.name: d for d in dra_devices(inventory, "smarter-devices", str(dev),
+                                               str(tmp_path / "sys"))[0]}
+
+    found = names()
+    assert set(found) == {"ttyacm-7a3f21c4-if00", "ttyusb-a50285bi", "ttyusb-0001-usb-1-1-3",
+                          "ttyusb-0001-usb-1-1-4", "fuse"}
+    ublox = found["ttyacm-7a3f21c4-if00"]
+    assert dict(ublox.attributes)["identity"] == {"string": "7A3F21C4-if00"}
+    assert dict(ublox.attributes)["resource"] == {"string": "smarter-devices/ttyACM0"}
+    assert ublox.fingerprint == "7A3F21C4-usb-1-1.1-if00"
+    assert found["fuse"].fingerprint == ""
+    # Re-enumerated: the u-blox now ttyACM1, another modem ttyACM0. Each keeps or gets its own name.
+    sysfs.unplug(made[0])
+    (dev / "ttyACM0").unlink()
+    modem = sysfs.ublox(port="1-1.5", node="ttyACM0", serial="OTHER")
+    back = sysfs.ublox(port="1-1.1", node="ttyACM1", serial="7A3F21C4")
+    for device in (modem, back):
+        mkdev(dev / device.node, major=device.major, minor=device.minor)
+    found = names()
+    assert found["ttyacm-7a3f21c4-if00"].nodes[0].source == "ttyACM1"
+    assert found["ttyacm-other-if00"].nodes[0].source == "ttyACM0"
+
+
+@needs_root
+def test_prepare_refuses_a_name_whose_node_is_another_device_now(tmp_path: Path) -> None:
+    from smarter_device_manager.api import dra as pb
+    from smarter_device_manager.dra.devices import Paths
+    from smarter_device_manager.dra.node import NodeService
+    from smarter_device_manager.metrics import Metrics
+
+    sys_dir = str(tmp_path / "sys")
+    sysfs = FakeSysfs(sys_dir)
+    dev = tmp_path / "dev"
+    ublox = sysfs.ublox(port="1-1.1", node="ttyACM0")
+    mkdev(dev / "ttyACM0", major=ublox.major, minor=ublox.minor)
+    inventory = discover(str(dev), _config(tmp_path, PATH_RULES), "smarter-devices", sys_dir)
+    devices, _ = dra_devices(inventory, "smarter-devices", str(dev), sys_dir)
+    current = {d.name: d for d in devices}  # the last scan, published: ttyACM0 is the u-blox
+    (tmp_path / "state").mkdir()
+    (tmp_path / "cdi").mkdir()
+    allocated = [{"request": "r", "driver": "d.io", "pool": "n1", "device": "ttyacm-7a3f21c4-if00"}]
+
+    async def scenario() -> None:
+        api = FakeApiServer()
+        await api.start()
+        client = kube.KubeClient(kube.load_kubeconfig(api.kubeconfig(str(tmp_path / "kc"))))
+        service = NodeService("d.io", "n1", client, lambda: current, lambda: None,
+                              Paths(str(dev), str(dev), sys_dir), "smarter-devices", str(tmp_path / "cdi"),
+                              Checkpoint(str(tmp_path / "state")), Metrics())
+        # Unplugged and another modem enumerated as ttyACM0 (same numbers), before any rescan.
+        sysfs.unplug(ublox)
+        modem = sysfs.ublox(port="1-1.5", node="ttyACM0", serial="OTHER")
+        api.add_claim("ns", "gps", "u-gps", allocated)
+        answer = await service.prepare(pb.Claim(namespace="ns", name="gps", uid="u-gps"))
+        assert ("device ttyacm-7a3f21c4-if00 was allocated as 7A3F21C4-usb-1-1.1-if00, but /dev/ttyACM0 "
+                "is now OTHER-usb-1-1.5-if00; refused") in answer.error
+        assert not answer.devices and service.checkpoint.claims == {}
+        # The u-blox back behind the node: prepared.
+        sysfs.unplug(modem)
+        sysfs.ublox(port="1-1.1", node="ttyACM0")
+        answer = await service.prepare(pb.Claim(namespace="ns", name="gps", uid="u-gps"))
+        assert answer.error == "" and [d.device_name for d in answer.devices] == ["ttyacm-7a3f21c4-if00"]
+        await client.close()
+        await api.stop()
+    _run(scenario())
+
+
+@needs_root
+def test_a_dra_name_never_goes_to_another_twin(tmp_path: Path) -> None:
+    """Two CP2102s with serial 0001 in a pool: the one alone is usb-serial-0001; unplugged, the other
+    alone is proposed that name, and must be published under another (a claim allocated against
+    the old slice names the first adapter)."""
+    from smarter_device_manager.dra.devices import keep_names
+
+    sys_dir = str(tmp_path / "sys")
+    sysfs = FakeSysfs(sys_dir)
+    dev = tmp_path / "dev"
+    config = _config(tmp_path, "- {name: usb-serial, pool: true, subsystem: tty, nummaxdevices: 1}\n")
+    bound: dict[str, str] = {}
+
+    def scan() -> dict[str, str]:
+        inventory = discover(str(dev), config, "smarter-devices", sys_dir)
+        devices = keep_names(dra_devices(inventory, "smarter-devices", str(dev), sys_dir)[0], bound)
+        return {d.name: d.fingerprint for d in devices}
+
+    a = sysfs.cp2102(port="1-1.3", node="ttyUSB0", minor=0)
+    mkdev(dev / "ttyUSB0", major=188, minor=0)
+    assert scan() == {"usb-serial-0001": "0001-usb-1-1.3"}
+    sysfs.unplug(a)
+    (dev / "ttyUSB0").unlink()
+    b = sysfs.cp2102(port="1-1.4", node="ttyUSB1", minor=1)
+    mkdev(dev / "ttyUSB1", major=188, minor=1)
+    assert scan() == {"usb-serial-0001-0001-usb-1-1-4": "0001-usb-1-1.4"}
+    sysfs.unplug(b)
+    (dev / "ttyUSB1").unlink()
+    sysfs.cp2102(port="1-1.3", node="ttyUSB2", minor=2)
+    mkdev(dev / "ttyUSB2", major=188, minor=2)
+    assert scan() == {"usb-serial-0001": "0001-usb-1-1.3"}

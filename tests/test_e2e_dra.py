@@ -107,9 +107,12 @@ def make_devices(node: Node, sys_root: Path) -> FakeSysfs:
 
 
 @asynccontextmanager
-async def dra_node(node: Node, sys_root: Path, config: str = CONFIG, extra: tuple[str, ...] = (),
+async def dra_node(node: Node, sys_root: Path, config: str = CONFIG, cdi_dir: bool = True,
+                   extra: tuple[str, ...] = (),
                    kubelet: KubeletDraStandin | None = None) -> AsyncIterator[Dra]:
     node.write_config(config)
+    if cdi_dir:  # the host's, mounted by the chart (hostPath DirectoryOrCreate); never the daemon's job
+        (node.root / "cdi").mkdir(exist_ok=True)
     api = FakeApiServer()
     await api.start()
     if kubelet is None:
@@ -192,11 +195,11 @@ def test_publishes_registers_prepares_and_unprepares(node: Node, tmp_path: Path)
             assert [list(d.cdi_device_ids) for d in again.claims["uid-pair"].devices] == ids
             assert len([r for r in api.requests if "resourceclaims" in r[1]]) == reads
 
-            status, text = dra.http("/metrics")
+            _, text = dra.http("/metrics")
             assert 'smarter_device_manager_dra_prepares_total{result="success"} 3' in text
             assert "smarter_device_manager_dra_prepared_claims 2" in text
-            status, text = dra.http("/readyz")
-            assert status == 200, text
+            # ready once the slice watch is running too, which may come after the prepares
+            await wait_for(lambda: dra.http("/readyz")[0] == 200, 30, "ready")
 
             # unprepare: the claim spec goes, and asking again is fine
             gone = await dra.kubelet.unprepare(DRIVER, ("default", "pair", "uid-pair"))
@@ -264,6 +267,10 @@ def test_kubelet_restart_wipe_and_foreign_edits_are_repaired(node: Node, tmp_pat
     run(scenario())
 
 
+def _api_error_shown(status: int, text: str) -> bool:
+    return status == 503 and "API server:" in text and "503" in text
+
+
 def test_daemon_restart_keeps_prepared_claims_even_without_the_api_server(node: Node, tmp_path: Path) -> None:
     async def scenario() -> None:
         make_devices(node, tmp_path / "sys")
@@ -282,8 +289,8 @@ def test_daemon_restart_keeps_prepared_claims_even_without_the_api_server(node: 
             again = await dra.kubelet.prepare(DRIVER, ("default", "tty", "uid-tty"))
             assert again.claims["uid-tty"] == first.claims["uid-tty"]
             assert "from the checkpoint" in dra.proc.log
-            status, text = dra.http("/readyz")
-            assert status == 503 and "API server:" in text and "503" in text
+            # the daemon says so once it has met the error (not at once: wait for it)
+            await wait_for(lambda: _api_error_shown(*dra.http("/readyz")), 30, "/readyz shows the 503")
             # a new claim cannot be prepared, with a message saying why
             api.add_claim("default", "new", "uid-new", [
                 {"request": "r", "driver": DRIVER, "pool": NODE, "device": "video0"}])
@@ -336,4 +343,166 @@ def test_sigterm_removes_sockets_and_keeps_slices(node: Node, tmp_path: Path) ->
             assert not os.path.exists(node.root / "plugins_registry" / f"{DRIVER}-reg.sock")
             assert not os.path.exists(node.root / "plugins" / DRIVER / "dra.sock")
             assert dra.api.slices, "slices stay for a restart; the kubelet wipes them if we never return"
+    run(scenario())
+
+
+def test_a_path_rule_device_is_named_by_identity_and_prepare_checks_it(node: Node, tmp_path: Path) -> None:
+    """Issue 16, item 3, with the default config's ^ttyACM[0-9]*$: the u-blox at ttyACM0 is published
+    by its identity, not as ttyacm0. Then another modem takes its place behind the same node
+    (166:0) without any event under /dev, so the daemon's last scan still says u-blox: prepare
+    reads sysfs again and refuses the claim instead of handing the modem over."""
+    sys_root = tmp_path / "sys"
+    sysfs = FakeSysfs(str(sys_root))
+    ublox = sysfs.ublox(port="1-1.1", node="ttyACM0")
+    mkdev(node.dev / "ttyACM0", major=ublox.major, minor=ublox.minor)
+    name = "ttyacm-7a3f21c4-if00"
+
+    async def scenario() -> None:
+        async with dra_node(node, sys_root, "- devicematch: ^ttyACM[0-9]*$\n  nummaxdevices: 1\n") as dra:
+            api = dra.api
+            await wait_for(lambda: set(api.devices(NODE)) == {name}, 10, "slices")
+            attributes = api.devices(NODE)[name]["attributes"]
+            assert attributes["identity"] == {"string": "7A3F21C4-if00"}
+            assert attributes["idVendor"] == {"string": "1546"}
+            sysfs.unplug(ublox)
+            sysfs.ublox(port="1-1.5", node="ttyACM0", minor=0, serial="OTHER")
+            api.add_claim("default", "gps", "uid-gps", [
+                {"request": "gps", "driver": DRIVER, "pool": NODE, "device": name}])
+            answer = await dra.kubelet.prepare(DRIVER, ("default", "gps", "uid-gps"))
+            error = answer.claims["uid-gps"].error
+            assert (f"device {name} was allocated as 7A3F21C4-usb-1-1.1-if00, but /dev/ttyACM0 is now "
+                    "OTHER-usb-1-1.5-if00; refused") in error, error
+            assert not answer.claims["uid-gps"].devices
+            # A rescan (SIGHUP) publishes the modem under its own name; the u-blox is gone (kept
+            # tainted through the removal grace, in case it comes back).
+            dra.proc.popen.send_signal(signal.SIGHUP)
+            await wait_for(lambda: set(api.devices(NODE)) == {name, "ttyacm-other-if00"}, 10, "slices")
+            published = api.devices(NODE)
+            assert "taints" in published[name] and "taints" not in published["ttyacm-other-if00"]
+            again = await dra.kubelet.prepare(DRIVER, ("default", "gps", "uid-gps"))
+            assert f"device {name} is no longer on node {NODE}" in again.claims["uid-gps"].error
+    run(scenario())
+
+
+def test_a_missing_cdi_dir_is_reported_not_created(node: Node, tmp_path: Path) -> None:
+    """As in device-plugin mode: the daemon never creates the CDI directory (one the runtime does
+    not read would make every CDI name unresolvable); it says so in /readyz and in each prepare,
+    and serves as soon as the directory is there."""
+    async def scenario() -> None:
+        make_devices(node, tmp_path / "sys")
+        async with dra_node(node, tmp_path / "sys", cdi_dir=False) as dra:
+            api = dra.api
+            await wait_for(lambda: set(api.devices(NODE)) == EXPECTED_NAMES, 10)
+            await wait_for(lambda: "does not exist" in dra.http("/readyz")[1], 30, "/readyz: the CDI dir")
+            status, text = dra.http("/readyz")
+            assert status == 503 and f"CDI directory {dra.cdi} does not exist" in text
+            assert not dra.cdi.exists()
+            api.add_claim("default", "cam", "uid-cam", [
+                {"request": "r", "driver": DRIVER, "pool": NODE, "device": "video0"}])
+            failed = await dra.kubelet.prepare(DRIVER, ("default", "cam", "uid-cam"))
+            assert f"CDI directory {dra.cdi} does not exist" in failed.claims["uid-cam"].error
+            assert not dra.cdi.exists()
+            dra.cdi.mkdir()
+            answer = await dra.kubelet.prepare(DRIVER, ("default", "cam", "uid-cam"))
+            assert answer.claims["uid-cam"].error == ""
+            spec = json.loads((dra.cdi / f"{DRIVER}-device.json").read_text())
+            assert "video0" in {d["name"] for d in spec["devices"]}
+            await wait_for(lambda: dra.http("/readyz")[0] == 200, 30, "ready once the CDI dir is there")
+    run(scenario())
+
+
+def test_a_watch_that_ends_at_once_shows_in_readyz_and_metrics(node: Node, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        make_devices(node, tmp_path / "sys")
+        async with dra_node(node, tmp_path / "sys") as dra:
+            await wait_for(lambda: dra.http("/readyz")[0] == 200, 30, "ready")
+            dra.api.end_watches_at_once = True
+            dra.api.drop_watches()
+            await wait_for(lambda: "ended at once without any event" in dra.http("/readyz")[1], 30,
+                           "/readyz says the watch ends at once")
+            assert "smarter_device_manager_dra_watch_ended_empty_total " in dra.http("/metrics")[1]
+            dra.api.end_watches_at_once = False
+            mkdev(node.dev / "video5", major=81, minor=5)  # an event for the next watch to deliver
+            await wait_for(lambda: dra.http("/readyz")[0] == 200, 60, "ready again")
+    run(scenario())
+
+
+CJK_MAKER = "深圳市沁恒微电子有限公司南京分公司制造的串口转换器"  # 25 characters, 75 bytes of UTF-8
+
+
+def test_what_the_api_server_would_refuse_never_stops_the_other_devices(node: Node, tmp_path: Path) -> None:
+    """A CJK manufacturer string (64 characters were cut, the server counts 64 bytes) and names that
+    collide even after one renaming (serials abc, ABC and abc-<the crc the renaming picks>) made the
+    API server refuse the node's whole slice: every device of the node was gone from DRA."""
+    import binascii
+
+    async def scenario() -> None:
+        sysfs = FakeSysfs(str(tmp_path / "sys"))
+        made = [sysfs.usb_serial("1-1.1", "ttyUSB1", 1, vid="1a86", pid="7523", manufacturer=CJK_MAKER,
+                                 product="USB Serial", serial="abc", driver="ch341"),
+                sysfs.usb_serial("1-1.2", "ttyUSB2", 2, vid="1a86", pid="7523", manufacturer=CJK_MAKER,
+                                 product="USB Serial", serial="ABC", driver="ch341")]
+        # what the one-pass renaming gave the second of the colliding two, as a serial of its own
+        crc = f"{binascii.crc32(b'/dev/ttyUSB2'):08x}"
+        made.append(sysfs.usb_serial("1-1.3", "ttyUSB3", 3, vid="1a86", pid="7523", manufacturer=None,
+                                     product="USB Serial", serial=f"abc-{crc}", driver="ch341"))
+        for device in made:
+            mkdev(node.dev / device.node, major=device.major, minor=device.minor)
+        mkdev(node.dev / "video0", major=81, minor=0)
+        config = """\
+- name: ch34x
+  pool: true
+  subsystem: tty
+  attributes: {idVendor: "1a86"}
+  nummaxdevices: 1
+- devicematch: ^video[0-9]*$
+  nummaxdevices: 1
+"""
+        async with dra_node(node, tmp_path / "sys", config) as dra:
+            await wait_for(lambda: len(dra.api.devices(NODE)) == 4, 30, "all four devices published")
+            published = dra.api.devices(NODE)
+            assert dra.api.rejected == [], dra.api.rejected
+            assert "video0" in published
+            makers = [d["attributes"]["manufacturer"]["string"] for d in published.values()
+                      if "manufacturer" in d["attributes"]]
+            assert len(makers) == 2
+            for maker in makers:
+                assert len(maker.encode()) <= 64 and CJK_MAKER.startswith(maker) and len(maker) == 21
+            await wait_for(lambda: dra.http("/readyz")[0] == 200, 30, "ready")
+            spec = json.loads((dra.cdi / f"{DRIVER}-device.json").read_text())
+            assert "video0" in {d["name"] for d in spec["devices"]}
+            # each of the three adapters can be prepared under its own name
+            members = sorted(n for n in published if n != "video0")
+            for number, name in enumerate(members):
+                dra.api.add_claim("default", f"c{number}", f"uid-{number}", [
+                    {"request": "r", "driver": DRIVER, "pool": NODE, "device": name}])
+                answer = await dra.kubelet.prepare(DRIVER, ("default", f"c{number}", f"uid-{number}"))
+                assert answer.claims[f"uid-{number}"].error == "", name
+    run(scenario())
+
+
+def test_a_firstavailable_subrequest_reaches_the_container_naming_its_request(node: Node,
+                                                                              tmp_path: Path) -> None:
+    """Prioritized lists: the allocation result says ``<request>/<subrequest>``; a container names
+    the request only, and the kubelet matches names exactly, so the answer must name the request."""
+    async def scenario() -> None:
+        make_devices(node, tmp_path / "sys")
+        async with dra_node(node, tmp_path / "sys") as dra:
+            await wait_for(lambda: set(dra.api.devices(NODE)) == EXPECTED_NAMES, 10)
+            # the first subrequest ("exotic") was unsatisfiable; the allocator chose "any-camera"
+            dra.api.add_claim("default", "cam", "uid-cam", [
+                {"request": "camera/any-camera", "driver": DRIVER, "pool": NODE, "device": "video0"},
+                {"request": "tty", "driver": DRIVER, "pool": NODE, "device": "ttyusb0"}])
+            answer = await dra.kubelet.prepare(DRIVER, ("default", "cam", "uid-cam"))
+            claim = answer.claims["uid-cam"]
+            assert claim.error == ""
+            assert [list(d.request_names) for d in claim.devices] == [["camera"], ["tty"]]
+            assert dra.kubelet.container_cdi_ids(claim, "camera") == [f"{DRIVER}/device=video0"]
+            assert dra.kubelet.container_cdi_ids(claim, "tty") == [f"{DRIVER}/device=ttyusb0"]
+            dra.restart_daemon()  # answered from the checkpoint: the same names
+            dra.kubelet._seen.clear()
+            await wait_for(lambda: "the kubelet registered" in dra.proc.log, 10)
+            again = await dra.kubelet.prepare(DRIVER, ("default", "cam", "uid-cam"))
+            assert dra.kubelet.container_cdi_ids(again.claims["uid-cam"], "camera") == [
+                f"{DRIVER}/device=video0"]
     run(scenario())

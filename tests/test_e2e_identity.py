@@ -317,3 +317,89 @@ def test_list_shows_attributes_to_write_rules_from(node: Node, tmp_path: Path) -
     usb = next(level for level in levels if "idVendor" in level["attributes"])
     assert usb["attributes"]["serial"] == "A50285BI" and usb["driver"] == "usb"
     assert os.path.basename(usb["path"]) == "1-1.3"
+
+
+TWINS = """\
+- name: usb-serial
+  pool: true
+  subsystem: tty
+  devicematch: ^ttyUSB[0-9]+$
+  nummaxdevices: 1
+"""
+TWIN_POOL = "smarter-devices/usb-serial"
+
+
+def test_adapters_sharing_a_serial_never_trade_ids(node: Node, tmp_path: Path) -> None:
+    """Issue 16, item 1: CP2102s that all ship serial 0001, one ID each (nummaxdevices 1), pods
+    holding IDs, adapters unplugged and plugged again in turn. An ID never moves to another
+    adapter while the kubelet counts it, and a held ID stays Unhealthy while its adapter is gone.
+    (The unit test tests/test_pinning.py goes through every order; this is the daemon doing it.)"""
+    sys_root = tmp_path / "sys"
+    sysfs = FakeSysfs(str(sys_root))
+    a = sysfs.cp2102(port="1-1.3", node="ttyUSB0", minor=0)
+    plug(node, a)
+    node.write_config(TWINS)
+    b_id, c_id = "0001-usb-1-1.4", "0001-usb-1-1.5"
+
+    async def host_path(kubelet: KubeletStandin, device_id: str) -> str:
+        [answer] = (await kubelet.allocate(TWIN_POOL, [device_id])).container_responses
+        [device] = answer.devices
+        return str(device.host_path)
+
+    def shows(kubelet: KubeletStandin, devices: dict[str, str]) -> bool:
+        state = kubelet.plugins.get(TWIN_POOL)
+        return bool(state and state.streaming and state.devices == devices)
+
+    async def scenario() -> None:
+        kubelet = KubeletStandin(str(node.plugins))
+        await kubelet.start()
+        start(node, sys_root)
+        await kubelet.wait_for(lambda: shows(kubelet, {"0001": "Healthy"}), timeout=30)
+        assert await host_path(kubelet, "0001") == f"{node.dev}/ttyUSB0"  # pod 1 holds A
+
+        # B arrives: A keeps "0001" (pod 1 holds it); B gets its serial and port.
+        b = sysfs.cp2102(port="1-1.4", node="ttyUSB1", minor=1)
+        plug(node, b)
+        await kubelet.wait_for(lambda: shows(kubelet, {"0001": "Healthy", b_id: "Healthy"}), timeout=30)
+        assert await host_path(kubelet, b_id) == f"{node.dev}/ttyUSB1"  # pod 2 holds B
+
+        # A unplugged: "0001" stays, Unhealthy; B does not take it over.
+        mark = len(kubelet.plugins[TWIN_POOL].updates)
+        unplug(node, sysfs, a)
+        await kubelet.wait_for(lambda: shows(kubelet, {"0001": "Unhealthy", b_id: "Healthy"}), timeout=30)
+        with pytest.raises(GRPCError) as error:
+            await kubelet.allocate(TWIN_POOL, ["0001"])
+        assert error.value.status is Status.FAILED_PRECONDITION
+        assert await host_path(kubelet, b_id) == f"{node.dev}/ttyUSB1"
+
+        # A third twin, under the node name A had: a new ID, not the held "0001".
+        c = sysfs.cp2102(port="1-1.5", node="ttyUSB0", minor=0)
+        plug(node, c)
+        await kubelet.wait_for(lambda: shows(kubelet, {"0001": "Unhealthy", b_id: "Healthy",
+                                                       c_id: "Healthy"}), timeout=30)
+        assert await host_path(kubelet, c_id) == f"{node.dev}/ttyUSB0"
+        # While A was away, "0001" was never Healthy, and B and C never changed IDs.
+        for update in kubelet.plugins[TWIN_POOL].updates[mark:]:
+            assert update.devices.get("0001") == "Unhealthy", update
+            assert set(update.devices) <= {"0001", b_id, c_id}, update
+
+        # A back on its port under yet another node name: its own ID, Healthy again.
+        a2 = sysfs.cp2102(port="1-1.3", node="ttyUSB2", minor=2)
+        plug(node, a2)
+        await kubelet.wait_for(lambda: shows(kubelet, {"0001": "Healthy", b_id: "Healthy",
+                                                       c_id: "Healthy"}), timeout=30)
+        assert await host_path(kubelet, "0001") == f"{node.dev}/ttyUSB2"
+
+        # B and C out, B back as ttyUSB3; C's ID stays held; A keeps "0001" throughout.
+        unplug(node, sysfs, b)
+        unplug(node, sysfs, c)
+        await kubelet.wait_for(lambda: shows(kubelet, {"0001": "Healthy", b_id: "Unhealthy",
+                                                       c_id: "Unhealthy"}), timeout=30)
+        plug(node, sysfs.cp2102(port="1-1.4", node="ttyUSB3", minor=3))
+        await kubelet.wait_for(lambda: shows(kubelet, {"0001": "Healthy", b_id: "Healthy",
+                                                       c_id: "Unhealthy"}), timeout=30)
+        assert await host_path(kubelet, b_id) == f"{node.dev}/ttyUSB3"
+        assert await host_path(kubelet, "0001") == f"{node.dev}/ttyUSB2"
+        await kubelet.stop()
+
+    run(scenario())

@@ -38,6 +38,20 @@ EMBEDDED_CONFIG = "src/smarter_device_manager/default_config.yaml"
 CONSOLE_SCRIPT = "smarter-device-manager"
 BUILDER_BASE = "debian:trixie-slim"
 BUILT_IMAGE = "localhost/smarter-device-manager:dev"
+
+
+def _load_source_hash() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("source_hash", ROOT / "scripts" / "source-hash.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+source_hash_module = _load_source_hash()
+SOURCE_HASH: str = source_hash_module.source_hash(ROOT)
 # scripts/build-image.sh's tags per platform, and the size each must stay under (bytes,
 # uncompressed): amd64 the issue's stretch target, the others its target.
 BUILT_IMAGES = {"linux/amd64": (BUILT_IMAGE, 30_000_000),
@@ -301,11 +315,13 @@ def dockerignored(path: str, patterns: list[str]) -> bool:
 def test_dockerignore_keeps_what_the_build_reads() -> None:
     patterns = [ln.strip() for ln in DOCKERIGNORE.read_text().splitlines()
                 if ln.strip() and not ln.strip().startswith("#")]
+    # tests/fake_apiserver.py: image-rootfs.py runs `dra` against it in the build.
     for needed in ("pyproject.toml", "constraints.txt", EMBEDDED_CONFIG, "scripts/image-rootfs.py",
-                   "src/smarter_device_manager/cli.py",
+                   "tests/fake_apiserver.py", "src/smarter_device_manager/cli.py",
                    "src/smarter_device_manager/api/messages.py"):
         assert not dockerignored(needed, patterns), f"{needed} is excluded from the context"
-    for unwanted in (".git/config", "tests/test_image.py", "docs/image.md", "scripts/test.sh",
+    for unwanted in (".git/config", "tests/test_image.py", "tests/conftest.py",
+                     "tests/kubelet_dra_standin.py", "docs/image.md", "scripts/test.sh",
                      ".github/workflows/release.yml", ".venv-tools/bin/checkov",
                      "src/smarter_device_manager/__pycache__/cli.cpython-311.pyc"):
         assert dockerignored(unwanted, patterns), f"{unwanted} would be sent to the build"
@@ -329,6 +345,12 @@ def podman(image: str = BUILT_IMAGE) -> list[str]:
     cmd = [exe] + (["--runtime", runc] if os.path.exists(runc) else [])
     if subprocess.run([*cmd, "image", "exists", image], check=False).returncode != 0:
         pytest.skip(f"no {image}: scripts/build-image.sh builds it")
+    built = subprocess.run([*cmd, "image", "inspect", "--format",
+                            '{{index .Labels "io.smarter-devices.source-hash"}}', image],
+                           capture_output=True, text=True, check=False).stdout.strip()
+    if built != SOURCE_HASH:
+        pytest.skip(f"{image} was built from other sources (source hash {built or 'none'}, this tree "
+                    f"{SOURCE_HASH}): scripts/build-image.sh rebuilds it")
     return cmd
 
 
@@ -363,13 +385,15 @@ def test_built_image_size_labels_and_version(platform: str) -> None:
     assert out == f"rc=0\nsmarter-device-manager {labels['org.opencontainers.image.version']}\n"
 
 
-def test_built_image_has_no_shell_pip_or_ssl() -> None:
+def test_built_image_has_no_shell_or_pip_and_has_ssl_for_dra() -> None:
+    """ssl is there (DRA mode's API client needs it, with libssl); pip, protobuf, a shell not."""
     cmd = podman()
     assert run_image(cmd, "-c", "true", entrypoint="/bin/sh").startswith("rc=1")  # not found
     out = run_image(cmd, "-c", "import importlib.util as u; print([bool(u.find_spec(m)) for m in "
-                    "('pip', 'setuptools', 'ssl', 'google', 'yaml', 'grpclib', 'ctypes')])",
+                    "('pip', 'setuptools', 'google', 'yaml', 'grpclib', 'ctypes', 'ssl')]); "
+                    "import ssl; print(ssl.OPENSSL_VERSION.split()[0])",
                     entrypoint="/opt/venv/bin/python")
-    assert out == "rc=0\n[False, False, False, False, True, True, True]\n"
+    assert out == "rc=0\n[False, False, False, True, True, True, True]\nOpenSSL\n"
 
 
 def test_built_image_lists_devices_read_only(tmp_path: Path) -> None:
@@ -385,3 +409,240 @@ def test_built_image_lists_devices_read_only(tmp_path: Path) -> None:
                           timeout=120, check=True)
     assert [(r["resource"], r["count"]) for r in json.loads(proc.stdout)] == [
         ("smarter-devices/net_tun", 20), ("smarter-devices/ttyUSB0", 1)]
+
+
+# --- every mode, run from the built image ------------------------------------------------------
+# What a user installs is this image; each subcommand runs here as it does on a node: read-only,
+# no capability. `dra` meets the API-server stand-in (tests/fake_apiserver.py, over TLS when the
+# openssl command can make a certificate) and the kubelet DRA stand-in on the host's network.
+
+PACKAGE_DIR = ROOT / "src" / "smarter_device_manager"
+
+
+def package_modules() -> set[str]:
+    names = set()
+    for path in PACKAGE_DIR.rglob("*.py"):
+        parts = path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts
+        names.add(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return names - {"smarter_device_manager.__main__"}  # runs the CLI when imported
+
+
+def test_built_image_imports_every_module_of_the_package() -> None:
+    """A module some mode needs and the image lacks (a module of the package, or one it
+    imports) fails here, whichever mode would have met it."""
+    cmd = podman()
+    probe = ("import importlib, json, sys\n"
+             f"failed = {{}}\nfor name in {sorted(package_modules())!r}:\n"
+             "    try:\n        importlib.import_module(name)\n"
+             "    except BaseException as exc:\n        failed[name] = repr(exc)\n"
+             "print(json.dumps(failed))\n")
+    out = run_image(cmd, "-c", probe, entrypoint="/opt/venv/bin/python")
+    assert out == "rc=0\n{}\n", out
+
+
+def mkdevs(root: Path) -> None:
+    (root / "net").mkdir(parents=True, exist_ok=True)
+    os.mknod(root / "net" / "tun", 0o666 | stat.S_IFCHR, os.makedev(10, 200))
+    os.mknod(root / "ttyUSB0", 0o666 | stat.S_IFCHR, os.makedev(188, 0))
+    os.mknod(root / "video0", 0o666 | stat.S_IFCHR, os.makedev(81, 0))
+
+
+def podman_run(cmd: list[str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*cmd, "run", "--rm", "--read-only", "--cap-drop=ALL", *args],
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_built_image_runs_version_list_check_config_and_cdi(tmp_path: Path) -> None:
+    cmd = podman()
+    if os.geteuid() != 0:
+        pytest.skip("mknod needs root")
+    version = pyproject()["project"]["version"]
+    assert run_image(cmd, "--version") == f"rc=0\nsmarter-device-manager {version}\n"
+    mkdevs(tmp_path / "dev")
+    (tmp_path / "good.yaml").write_text("- devicematch: ^ttyUSB[0-9]+$\n  nummaxdevices: 1\n"
+                                        "- devicematch: ^video[0-9]+$\n  nummaxdevices: 2\n")
+    (tmp_path / "bad.yaml").write_text("- devicematch: ^ttyUSB[0-9]+$\n  nummaxdevices: -1\n")
+    mounts = ["--network", "none", "-v", f"{tmp_path / 'dev'}:/dev-test:ro",
+              "-v", f"{tmp_path}:/cfg:ro", BUILT_IMAGE]
+    listed = podman_run(cmd, *mounts, "list", "--dev-dir", "/dev-test", "--config",
+                        "/cfg/good.yaml", "--output", "json")
+    assert listed.returncode == 0, listed.stderr
+    assert [(r["resource"], r["count"]) for r in json.loads(listed.stdout)] == [
+        ("smarter-devices/ttyUSB0", 1), ("smarter-devices/video0", 2)]
+    good = podman_run(cmd, *mounts, "check-config", "/cfg/good.yaml")
+    assert (good.returncode, good.stdout) == (0, "/cfg/good.yaml: valid, 2 rules\n")
+    bad = podman_run(cmd, *mounts, "check-config", "/cfg/bad.yaml")
+    assert bad.returncode == 2 and "/cfg/bad.yaml" in bad.stderr and "nummaxdevices" in bad.stderr
+    cdi = podman_run(cmd, *mounts, "cdi", "--dev-dir", "/dev-test", "--host-dev-dir", "/dev",
+                     "--config", "/cfg/good.yaml")
+    assert cdi.returncode == 0, cdi.stderr
+    spec = json.loads(cdi.stdout)
+    assert spec["kind"] == "smarter-devices.io/device"
+    nodes = {d["name"]: [n["path"] for n in d["containerEdits"]["deviceNodes"]]
+             for d in spec["devices"]}
+    assert nodes == {"ttyUSB0": ["/dev/ttyUSB0"], "video0": ["/dev/video0"]}
+
+
+def wait_until(predicate: Any, what: str, timeout: float = 60) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+        time.sleep(0.1)
+
+
+def container_pid(cmd: list[str], name: str) -> int:
+    return int(subprocess.run([*cmd, "inspect", "--format", "{{.State.Pid}}", name],
+                              capture_output=True, text=True, check=True).stdout.strip())
+
+
+def test_built_image_serve_makes_sockets_loads_no_ssl_and_sigterm_leaves_none(tmp_path: Path) -> None:
+    cmd = podman()
+    if os.geteuid() != 0:
+        pytest.skip("mknod needs root")
+    mkdevs(tmp_path / "dev")
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    name = f"sdm-test-serve-{os.getpid()}"
+    subprocess.run([*cmd, "run", "-d", "--name", name, "--network", "none", "--read-only",
+                    "--cap-drop=ALL", "-v", f"{tmp_path / 'dev'}:/dev-test:ro",
+                    "-v", f"{plugins}:/var/lib/kubelet/device-plugins", BUILT_IMAGE,
+                    "serve", "--dev-dir", "/dev-test"], check=True, capture_output=True, timeout=120)
+    try:
+        wanted = {"smarter-net_tun.sock", "smarter-ttyUSB0.sock", "smarter-video0.sock"}
+        wait_until(lambda: wanted <= {p.name for p in plugins.iterdir() if p.is_socket()},
+                   f"{wanted} in {plugins}")
+        maps = Path(f"/proc/{container_pid(cmd, name)}/maps").read_text()
+        assert "libssl" not in maps and "libcrypto" not in maps, "serve must not load ssl"
+        stop = subprocess.run([*cmd, "stop", "-t", "30", name], capture_output=True, text=True,
+                              timeout=120, check=False)
+        assert stop.returncode == 0, stop.stderr
+        code = subprocess.run([*cmd, "inspect", "--format", "{{.State.ExitCode}}", name],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        logs = subprocess.run([*cmd, "logs", name], capture_output=True, text=True).stderr
+        assert code == "0", logs
+        assert not list(plugins.iterdir()), f"left behind: {list(plugins.iterdir())}\n{logs}"
+    finally:
+        subprocess.run([*cmd, "rm", "-f", name], capture_output=True, check=False)
+
+
+def tls_for(tmp_path: Path) -> tuple[Any, bytes] | None:
+    """A server TLS context for 127.0.0.1 and its certificate, or None without openssl."""
+    import ssl
+
+    if shutil.which("openssl") is None:
+        return None
+    key, cert = tmp_path / "server.key", tmp_path / "server.crt"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert), str(key))
+    return context, cert.read_bytes()
+
+
+def test_built_image_dra_publishes_the_slice_and_prepares_a_claim(tmp_path: Path) -> None:
+    """DRA mode from the image: the 2.1.0 defect (no ssl in the image) fails right here."""
+    import asyncio
+    import base64
+
+    cmd = podman()
+    if os.geteuid() != 0:
+        pytest.skip("mknod needs root")
+    sys.path.insert(0, str(ROOT / "tests"))
+    import tempfile
+
+    from fake_apiserver import FakeApiServer
+    from kubelet_dra_standin import KubeletDraStandin
+    from kubelet_dra_standin import wait_for as dra_wait_for
+
+    driver, node = "smarter-devices.io", "node-image"
+    # A short path: the unix sockets under it must fit AF_UNIX's 108 bytes.
+    work = Path(tempfile.mkdtemp(prefix="sdm-", dir="/tmp"))
+    mkdevs(work / "dev")
+    (work / "conf.yaml").write_text("- devicematch: ^ttyUSB[0-9]+$\n  nummaxdevices: 1\n")
+    for sub in ("plugins", "plugins_registry", "cdi", "state"):
+        (work / sub).mkdir()
+    tls = tls_for(tmp_path)
+    name = f"sdm-test-dra-{os.getpid()}"
+
+    async def scenario() -> None:
+        api = FakeApiServer()
+        await api.start(tls=tls[0] if tls else None)
+        kubeconfig = Path(api.kubeconfig(str(work / "kubeconfig")))
+        if tls:  # the CA inline, as kubeadm writes it
+            ca = base64.b64encode(tls[1]).decode()
+            kubeconfig.write_text(kubeconfig.read_text().replace(
+                f'server: "{api.url}"', f'server: "{api.url}", certificate-authority-data: {ca}'))
+        kubelet = KubeletDraStandin(str(work / "plugins_registry"), node, api)
+        await kubelet.start()
+        # Same paths inside and outside: the endpoint the daemon announces is dialled from here.
+        run = await asyncio.to_thread(subprocess.run, [
+            *cmd, "run", "-d", "--name", name, "--network", "host", "--read-only", "--cap-drop=ALL",
+            "-v", f"{work}:{work}", BUILT_IMAGE, "dra", "--dev-dir", str(work / "dev"),
+            "--config", str(work / "conf.yaml"), "--node-name", node,
+            "--kubeconfig", str(kubeconfig), "--kubelet-plugins-dir", str(work / "plugins"),
+            "--kubelet-registry-dir", str(work / "plugins_registry"),
+            "--cdi-dir", str(work / "cdi"), "--state-dir", str(work / "state")],
+            capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        try:
+            await dra_wait_for(lambda: driver in kubelet.registered, 60, "registration")
+            await dra_wait_for(lambda: "ttyusb0" in api.devices(node), 60, "the slice")
+            assert api.devices(node)["ttyusb0"]["attributes"]["path"] == {"string": "/dev/ttyUSB0"}
+            api.add_claim("default", "serial", "uid-serial", [
+                {"request": "dev", "driver": driver, "pool": node, "device": "ttyusb0"}])
+            answer = await kubelet.prepare(driver, ("default", "serial", "uid-serial"))
+            claim = answer.claims["uid-serial"]
+            assert claim.error == ""
+            assert [list(d.cdi_device_ids) for d in claim.devices] == [[f"{driver}/device=ttyusb0"]]
+            gone = await kubelet.unprepare(driver, ("default", "serial", "uid-serial"))
+            assert gone.claims["uid-serial"].error == ""
+        finally:
+            await kubelet.stop()
+            stop = await asyncio.to_thread(subprocess.run, [*cmd, "stop", "-t", "30", name],
+                                           capture_output=True, text=True, timeout=120)
+            await api.stop()
+            logs = subprocess.run([*cmd, "logs", name], capture_output=True, text=True).stderr
+            print(f"daemon log:\n{logs}\nrefused: {kubelet.refused}")  # shown if this fails
+        code = subprocess.run([*cmd, "inspect", "--format", "{{.State.ExitCode}}", name],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        assert stop.returncode == 0 and code == "0", logs
+        assert ("https://127.0.0.1" in logs) == bool(tls), logs
+        assert not list((work / "plugins_registry").iterdir()), "registration socket left"
+
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), 240))
+    finally:
+        subprocess.run([*cmd, "rm", "-f", name], capture_output=True, check=False)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_source_hash_follows_the_build_context_only(tmp_path: Path) -> None:
+    """The built-image tests run only on an image of this tree's sources: the hash must change
+    with anything the build reads and stay with anything it does not."""
+    for name in ("Dockerfile", ".dockerignore", "pyproject.toml", "constraints.txt",
+                 "scripts/image-rootfs.py", "tests/fake_apiserver.py", "src/pkg/a.py", "docs/x.md",
+                 "README.md", "tests/test_x.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(name)
+    (tmp_path / "src/pkg/__pycache__").mkdir()
+    first = source_hash_module.source_hash(tmp_path)
+    for unread in ("docs/x.md", "README.md", "tests/test_x.py", "src/pkg/__pycache__/a.cpython-311.pyc"):
+        (tmp_path / unread).write_text("changed")
+        assert source_hash_module.source_hash(tmp_path) == first, unread
+    for read in ("src/pkg/a.py", "Dockerfile", "scripts/image-rootfs.py", "tests/fake_apiserver.py"):
+        (tmp_path / read).write_text("changed " + read)
+        now = source_hash_module.source_hash(tmp_path)
+        assert now != first, read
+        first = now
+    (tmp_path / "src/pkg/new.py").write_text("")
+    assert source_hash_module.source_hash(tmp_path) != first
+
+
+def test_build_script_labels_the_image_with_the_source_hash(final: list[Instruction]) -> None:
+    script = (ROOT / "scripts" / "build-image.sh").read_text()
+    assert "python3 scripts/source-hash.py" in script and '--build-arg SOURCE_HASH="$source_hash"' in script
+    labels = " ".join(ins.args for ins in only(final, "LABEL"))
+    assert 'io.smarter-devices.source-hash="${SOURCE_HASH}"' in labels

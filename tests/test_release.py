@@ -259,9 +259,9 @@ def test_check_tag_accepts_the_current_version_only() -> None:
         assert run_script("check-tag", f"v{version}").startswith(f"v{version}: ")
 
 
-def test_changelog_has_the_next_release_and_notes_extracts_it() -> None:
+def test_changelog_has_the_release_and_notes_extracts_it() -> None:
     changelog = (ROOT / "CHANGELOG.md").read_text()
-    assert re.search(r"^## \[2\.1\.0\] - Unreleased$", changelog, re.M)
+    assert re.search(r"^## \[2\.1\.0\] - 2026-12-03$", changelog, re.M)
     notes = run_script("notes", "--version", "2.1.0")
     assert "ghcr.io" in notes and "helm repo add" in notes
     assert not re.search(r"^## ", notes, re.M)  # one section only
@@ -272,5 +272,102 @@ def test_releasing_doc_has_the_bump_procedure() -> None:
     doc = (ROOT / "docs" / "releasing.md").read_text()
     for needle in ("pyproject.toml", "src/smarter_device_manager/__init__.py", "Chart.yaml",
                    "CHANGELOG.md", "deploy/", "git tag", "check-tag", "helm repo add",
-                   "gh-pages"):
+                   "gh-pages", "release-check.sh", "RELEASE-CHECK: PASS"):
         assert needle in doc, f"docs/releasing.md does not mention {needle}"
+
+
+# --- what the workflows run, run here -------------------------------------------------------------
+
+
+def test_release_platforms_are_build_image_sh_platforms() -> None:
+    """The workflow's buildx platforms are the ones scripts/build-image.sh builds with `all`."""
+    (build,) = [s for s in steps(workflow("release.yml")["jobs"]["image"])
+                if "build-push-action" in s.get("uses", "")]
+    script = (ROOT / "scripts" / "build-image.sh").read_text()
+    match = re.search(r'^PLATFORMS="([^"]+)"$', script, re.M)
+    assert match, "build-image.sh has no PLATFORMS list"
+    assert build["with"]["platforms"] == ",".join(match.group(1).split()) == PLATFORMS
+
+
+def test_versions_agree() -> None:
+    """pyproject, __version__, --version, the chart, the Dockerfile's label default, the
+    manifests' image and the newest dated CHANGELOG section: one version. (/metrics build_info
+    is the running daemon's, checked against the same literal in tests/test_e2e_http.py; the
+    built image's label and --version in tests/test_image.py.)"""
+    from smarter_device_manager import __version__
+
+    version = project_version()
+    assert version == "2.1.0"
+    chart = yaml.safe_load((ROOT / "charts" / CHART_NAME / "Chart.yaml").read_text())
+    dockerfile = re.search(r"^ARG VERSION=(\S+)$", (ROOT / "Dockerfile").read_text(), re.M)
+    cli = subprocess.run([sys.executable, "-m", "smarter_device_manager", "--version"],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    found = {"__version__": __version__, "Chart.yaml version": chart["version"],
+             "Chart.yaml appVersion": chart["appVersion"],
+             "Dockerfile ARG VERSION": dockerfile.group(1) if dockerfile else None,
+             "--version": cli.strip().removeprefix("smarter-device-manager ")}
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    newest = re.search(r"^## \[(\d[^\]]*)\] - (\d{4}-\d\d-\d\d)$", changelog, re.M)
+    found["CHANGELOG newest dated"] = newest.group(1) if newest else None
+    for manifest in sorted((ROOT / "deploy").rglob("*.yaml")):
+        for tag in re.findall(r"image: ghcr\.io/smarter-project/smarter-device-manager:(\S+)",
+                              manifest.read_text()):
+            found[str(manifest.relative_to(ROOT))] = tag
+    assert {k: v for k, v in found.items() if v != version} == {}
+
+
+def run_step(job: str, name: str, cwd: Path, env: dict[str, str]) -> str:
+    """One `run:` step of release.yml, as bash runs it on the runner (GitHub expressions
+    replaced by the values the runner would give)."""
+    (step,) = [s for s in steps(workflow("release.yml")["jobs"][job]) if s.get("name") == name]
+    script = step["run"]
+    for expr, value in {"${{ github.server_url }}": "https://github.com",
+                        "${{ github.repository }}": "acme/smarter-device-manager"}.items():
+        script = script.replace(expr, value)
+    assert "${{" not in script, script
+    path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"  # python3 = this venv's
+    proc = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", script], cwd=cwd,
+                          env={**os.environ, "PATH": path, **env}, capture_output=True,
+                          text=True, timeout=180, check=False)
+    assert proc.returncode == 0, f"{name}:\n{proc.stdout}{proc.stderr}"
+    return proc.stdout
+
+
+def test_chart_job_steps_run_with_the_workflows_arguments(tmp_path: Path) -> None:
+    """The chart job's own shell: package + notes, then the gh-pages index merge against an
+    `origin` (a local bare repository whose gh-pages already holds an earlier release) and the
+    push. Only `gh release create` (GitHub's API) is left out."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
+    origin = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(origin)], check=True)
+    seed = tmp_path / "seed"
+    run_script("package", "--version", "2.0.0", "--out", str(seed))
+    run_script("index", "--dir", str(seed), "--url",
+               "https://github.com/acme/smarter-device-manager/releases/download/v2.0.0")
+    pages = tmp_path / "pages"
+    subprocess.run(["git", "init", "-q", "-b", "gh-pages", str(pages)], check=True)
+    shutil.copy(seed / "index.yaml", pages / "index.yaml")
+    subprocess.run([*git, "-C", str(pages), "add", "index.yaml"], check=True)
+    subprocess.run([*git, "-C", str(pages), "commit", "-qm", "2.0.0"], check=True)
+    subprocess.run(["git", "-C", str(pages), "push", "-q", str(origin), "gh-pages"], check=True)
+    work = tmp_path / "checkout"
+    subprocess.run(["git", "clone", "-q", str(origin), str(work)], check=True)
+    (work / "scripts").symlink_to(ROOT / "scripts")
+    env = {"GITHUB_REF_NAME": "v2.1.0", "IMAGE": "ghcr.io/acme/smarter-device-manager",
+           "GIT_AUTHOR_NAME": "t", "GIT_COMMITTER_NAME": "t",
+           "GIT_AUTHOR_EMAIL": "t@localhost", "GIT_COMMITTER_EMAIL": "t@localhost"}
+    run_step("chart", "Package the chart", work, env)
+    assert (work / "dist" / f"{CHART_NAME}-2.1.0.tgz").is_file()
+    assert "helm repo add" in (work / "dist" / "NOTES.md").read_text()
+    run_step("chart", "Helm repository index on gh-pages", work, env)
+    shown = subprocess.run(["git", "-C", str(origin), "show", "gh-pages:index.yaml"],
+                           capture_output=True, text=True, check=True).stdout
+    urls = {e["version"]: e["urls"][0] for e in yaml.safe_load(shown)["entries"][CHART_NAME]}
+    base = "https://github.com/acme/smarter-device-manager/releases/download"
+    assert urls == {"2.0.0": f"{base}/v2.0.0/{CHART_NAME}-2.0.0.tgz",
+                    "2.1.0": f"{base}/v2.1.0/{CHART_NAME}-2.1.0.tgz"}
+
+
+def test_test_job_check_tag_step_runs() -> None:
+    assert "agree" in run_step("test", "Tag, versions and CHANGELOG agree", ROOT,
+                               {"GITHUB_REF_NAME": "v" + project_version()})

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from fakesysfs import PI4_XHCI, FakeDevice, FakeSysfs
 
-from smarter_device_manager.identity import identity
+from smarter_device_manager.identity import Identity, identities, identity
 from smarter_device_manager.sysfs import MAX_ATTRIBUTE, Level, Sysfs, SysfsError
 from smarter_device_manager.udevmatch import lookup, matches
 
@@ -402,14 +402,40 @@ def test_two_adapters_swapping_node_names_keep_their_identities(
     assert identities() == {"ttyUSB0": old["ttyUSB1"], "ttyUSB1": old["ttyUSB0"]}
 
 
-def test_duplicate_serials_collide(fake: FakeSysfs) -> None:
-    """Known limit, on purpose: CP2102s often all ship serial "0001". identity() sees one device,
-    so it cannot tell; the caller must report duplicate identities."""
+def test_duplicate_serials_share_a_base_but_not_a_located_identity(fake: FakeSysfs) -> None:
+    """CP2102s often all ship serial "0001": identity() sees one device, so their bases collide; the
+    located identity (serial and port) is read from each device alone and tells them apart."""
     one, two = fake.cp2102(port="1-1.3", node="ttyUSB0"), fake.cp2102(port="1-1.4", node="ttyUSB1")
     sysfs = Sysfs(fake.root)
-    ids = {identity(sysfs, sysfs.chain(sysfs.device_dir(False, d.major, d.minor)), d.node)
-           for d in (one, two)}
-    assert ids == {"0001"}
+    found = [identities(sysfs, sysfs.chain(sysfs.device_dir(False, d.major, d.minor)), d.node)
+             for d in (one, two)]
+    assert [(i.base, i.located, i.usb) for i in found] == [
+        ("0001", "0001-usb-1-1.3", True), ("0001", "0001-usb-1-1.4", True)]
+    ch340 = fake.ch340(port="1-1.2", node="ttyUSB2")
+    uart = fake.builtin_uart()
+    sysfs = Sysfs(fake.root)
+    assert identities(sysfs, sysfs.chain(sysfs.device_dir(False, ch340.major, ch340.minor)), "ttyUSB2") == \
+        Identity("usb-1-1.2", "usb-1-1.2", usb=True)  # no serial: the port is in it
+    assert identities(sysfs, sysfs.chain(sysfs.device_dir(False, uart.major, uart.minor)), uart.node) == \
+        Identity("ttyAMA0", "ttyAMA0", usb=False)
+
+
+def test_ports_of_a_single_interface_multiport_adapter_have_their_own_identities(fake: FakeSysfs) -> None:
+    """MCS7840: one interface, four usb-serial ports told apart only by their port_number."""
+    ports = fake.multiport(port="1-1.5")
+    with_serial = fake.multiport(port="1-1.6", nodes=("ttyUSB8", "ttyUSB9"), serial="MOS42")
+    sysfs = Sysfs(fake.root)
+
+    def both(device: FakeDevice) -> tuple[str, str]:
+        found = identities(sysfs, sysfs.chain(sysfs.device_dir(False, device.major, device.minor)),
+                           device.node)
+        return found.base, found.located
+
+    assert [both(d) for d in ports] == [("usb-1-1.5", "usb-1-1.5"), ("usb-1-1.5-port1", "usb-1-1.5-port1"),
+                                        ("usb-1-1.5-port2", "usb-1-1.5-port2"),
+                                        ("usb-1-1.5-port3", "usb-1-1.5-port3")]
+    assert [both(d) for d in with_serial] == [("MOS42", "MOS42-usb-1-1.6"),
+                                              ("MOS42-port1", "MOS42-usb-1-1.6-port1")]
 
 
 # -- the original's nvidia-gpu keyword ------------------------------------------------------------

@@ -16,7 +16,10 @@ through a fresh :class:`~smarter_device_manager.sysfs.Sysfs` per walk, so every
 rescan sees current attributes; a config of plain rules reads no sysfs at all.
 A pool is one resource whose members are the matching devices, each with a
 stable identity (its serial, or its USB port) that becomes its device IDs, so
-the kubelet's checkpoint stays true when the kernel renames the node.
+the kubelet's checkpoint stays true when the kernel renames the node. Devices
+that share a serial get their serial and USB port (``0001-usb-1-1.3``), read
+from each device alone; keeping an ID on its device across rescans while other
+duplicates come and go is :mod:`~smarter_device_manager.pinning`'s job.
 """
 
 from __future__ import annotations
@@ -54,11 +57,29 @@ class DeviceNode:
 
 @dataclass(frozen=True, slots=True)
 class Member:
-    """One device of a pool: ``identity`` is its stable ID stem (serial or port)."""
+    """One device of a pool: ``identity`` is its stable ID stem (serial or port).
+
+    ``base`` and ``located`` are the device's own identities (see
+    :mod:`~smarter_device_manager.identity`): ``identity`` is one of them (or, for two
+    devices sysfs cannot tell apart, ``located`` plus the node name); ``located`` tells
+    physical devices apart. Empty means the same as ``identity``.
+    """
 
     identity: str
     path: str
     nodes: tuple[DeviceNode, ...]
+    base: str = ""
+    located: str = ""
+
+    @property
+    def where(self) -> str:
+        """The physical device: its serial and port (what pinning compares)."""
+        return self.located or self.identity
+
+    @property
+    def own(self) -> str:
+        """The identity read from the device alone (its serial when it has one)."""
+        return self.base or self.identity
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +129,7 @@ class _Found:
     rule: Rule
     nodes: tuple[DeviceNode, ...]
     identity: str = ""
+    located: str = ""
 
 
 def _is_device(mode: int) -> bool:
@@ -364,12 +386,13 @@ class _Entry:
                     return
                 values[key] = sanitize(value)
             name = _render(name, values)
-        identity = sanitize(rel)
+        identity = located = sanitize(rel)
         if rule.pool and chain is not None and walk.sysfs is not None:
-            from smarter_device_manager.identity import identity as stable_identity
+            from smarter_device_manager.identity import identities
 
-            identity = stable_identity(walk.sysfs, chain, rel)
-        walk.found.append(_Found(name, rel, kind, rule, nodes, identity))
+            both = identities(walk.sysfs, chain, rel)
+            identity, located = both.base, both.located
+        walk.found.append(_Found(name, rel, kind, rule, nodes, identity, located))
 
 
 def own_levels(sysfs: Sysfs, chain: tuple[Level, ...]) -> tuple[Level, ...]:
@@ -447,7 +470,8 @@ def node_problem(dev_dir: str, rel: str) -> str | None:
     try:
         mode = os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode
     except OSError as exc:
-        return f"/dev/{rel}: {exc.strerror}"
+        gone = " (unplugged?)" if exc.errno == errno.ENOENT else ""
+        return f"/dev/{rel}: {exc.strerror}{gone}"
     finally:
         os.close(fd)
     if not _is_device(mode):
@@ -549,17 +573,28 @@ def _resource(name: str, candidates: list[_Found], prefix: str, problems: list[s
         return Resource(name, first.rel, KIND_NVIDIA, rule.count, rule, first.nodes, gpu=first.identity)
     if not rule.pool:
         return Resource(name, first.rel, first.kind, rule.count, rule, first.nodes)
-    members: dict[str, Member] = {}
-    for found in sorted(candidates, key=lambda c: (c.identity, c.rel)):
-        identity = found.identity
-        if identity in members:  # two devices without a distinguishing serial or port
-            identity = f"{identity}-{sanitize(found.rel)}"
-            problems.append(f"pool {prefix}/{name}: /dev/{found.rel} has the same identity as "
-                            f"/dev/{members[found.identity].path} ({found.identity}); its device IDs "
-                            f"use its node name ({identity}) and may change when it is re-plugged")
-        members[identity] = Member(identity, found.rel, found.nodes)
     return Resource(name, name, KIND_POOL, rule.count, rule, (),
-                    tuple(sorted(members.values(), key=lambda m: m.identity)))
+                    _members(candidates, f"{prefix}/{name}", problems))
+
+
+def _members(candidates: list[_Found], pool: str, problems: list[str]) -> tuple[Member, ...]:
+    """A pool's members: a device whose serial no other member has is named by its serial, the
+    others by serial and port (never by which of them came first: see identity.py)."""
+    shared: dict[str, int] = {}
+    for found in candidates:
+        shared[found.identity] = shared.get(found.identity, 0) + 1
+    members: dict[str, Member] = {}
+    for found in sorted(candidates, key=lambda c: (c.identity, c.located, c.rel)):
+        identity = found.identity if shared[found.identity] == 1 else found.located
+        located = found.located
+        if identity in members:  # two devices on one port with one serial: sysfs cannot tell them apart
+            other = members[identity].path
+            identity = located = f"{identity}-{sanitize(found.rel)}"
+            problems.append(f"pool {pool}: /dev/{found.rel} has the same identity as /dev/{other} "
+                            f"({found.located}); its device IDs use its node name ({identity}) and may "
+                            "change when it is re-plugged")
+        members[identity] = Member(identity, found.rel, found.nodes, found.identity, located)
+    return tuple(sorted(members.values(), key=lambda m: m.identity))
 
 
 def _where(found: _Found) -> str:

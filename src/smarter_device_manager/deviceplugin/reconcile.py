@@ -12,20 +12,23 @@ advertised list changed), and handles the ones that are no longer desired:
 * no rule matches it any more (config edited): withdrawn at once.
 
 Resources whose rule and device did not change keep their server, stream and
-IDs untouched.
+IDs untouched. A pool's member IDs are pinned to their devices across rescans
+(:mod:`~smarter_device_manager.pinning`): an ID the kubelet may still count (its
+device present, or unplugged within the grace) never moves to another device.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from smarter_device_manager.deviceplugin.plugin import DevicePlugin, Paths, PluginServer
 from smarter_device_manager.deviceplugin.registrar import Registrar
 from smarter_device_manager.discovery import KIND_POOL, Inventory, Member, Resource
 from smarter_device_manager.metrics import Metrics, Sample
 from smarter_device_manager.naming import socket_name
+from smarter_device_manager.pinning import pin
 from smarter_device_manager.rules import Config
 
 log = logging.getLogger(__name__)
@@ -39,6 +42,8 @@ class Running:
     # Pools only: members unplugged, by identity -> (member, since when); kept
     # Unhealthy for the removal grace like a whole vanished resource.
     gone: dict[str, tuple[Member, float]] | None = None
+    # Pools only: serials seen on two members at once (they no longer name one device).
+    shared: set[str] | None = None
 
     @property
     def plugin(self) -> DevicePlugin:
@@ -103,6 +108,11 @@ class Reconciler:
         came_back = running.vanished_since is not None
         running.vanished_since = None
         old = running.plugin.resource
+        if resource.kind == KIND_POOL:
+            held = old.members + tuple(m for m, since in (running.gone or {}).values()
+                                       if now - since < self.removal_grace)
+            running.shared = running.shared or set()
+            resource = replace(resource, members=pin(resource.members, held, running.shared))
         gone = self._pool_gone(running, resource, now) if resource.kind == KIND_POOL else ()
         if running.plugin.update(resource, healthy=True, gone=gone):
             if came_back:
@@ -179,6 +189,10 @@ class Reconciler:
 
     async def _start(self, name: str, resource: Resource) -> None:
         resource_name = f"{self.prefix}/{name}"
+        shared: set[str] | None = None
+        if resource.kind == KIND_POOL:
+            shared = set()
+            resource = replace(resource, members=pin(resource.members, (), shared))
         endpoint = socket_name(self.prefix, name, self.plugin_dir)
         plugin = DevicePlugin(resource_name, resource, self.paths, self._allocated)
         server = PluginServer(plugin, f"{self.plugin_dir.rstrip('/')}/{endpoint}")
@@ -189,7 +203,7 @@ class Reconciler:
             log.error("%s: %s", resource_name, self.start_errors[name])
             return
         self.start_errors.pop(name, None)
-        self.running[name] = Running(server, endpoint)
+        self.running[name] = Running(server, endpoint, shared=shared)
         self._endpoints.add(endpoint)
         log.info("serving %s: %d devices for %s (%s, rule %d) on %s", resource_name,
                  len(plugin.device_ids()), resource.where, resource.kind, resource.rule.index, endpoint)

@@ -27,12 +27,13 @@ from typing import Any
 from smarter_device_manager import __version__, cdi
 from smarter_device_manager.config import reread
 from smarter_device_manager.discovery import KIND_DIRECTORY, directory_nodes, discover
-from smarter_device_manager.dra.devices import DraDevice, Paths, cdi_device, dra_devices
+from smarter_device_manager.dra.devices import DraDevice, Paths, cdi_device, dra_devices, keep_names
 from smarter_device_manager.dra.health import HealthService, report
 from smarter_device_manager.dra.kube import Cluster, KubeClient
-from smarter_device_manager.dra.node import Checkpoint, NodeService
+from smarter_device_manager.dra.node import Checkpoint, NodeService, cdi_dir_problem
 from smarter_device_manager.dra.publisher import Publisher
 from smarter_device_manager.dra.registration import Registration
+from smarter_device_manager.dra.slices import fit
 from smarter_device_manager.dra.unplugged import Unplugged
 from smarter_device_manager.grpcserver import UnixServer
 from smarter_device_manager.http import HttpServer
@@ -57,6 +58,7 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "dra_slices_deleted_by_others_total": ("counter", "Our slices deleted by others (the kubelet at start)."),
     "dra_prepares_total": ("counter", "Claims prepared (NodePrepareResources), by result."),
     "dra_unprepares_total": ("counter", "Claims unprepared (NodeUnprepareResources), by result."),
+    "dra_watch_ended_empty_total": ("counter", "Slice watches that ended at once without any event."),
     "dra_api_errors_total": ("counter", "Failed API server calls, by verb and HTTP status (0: unreachable)."),
     "dra_registrations_total": ("counter", "Registration verdicts from the kubelet, by result."),
     "config_reloads_total": ("counter", "Config files read after start, by result."),
@@ -104,8 +106,9 @@ class DraDaemon:
         self.metrics.collectors.append(self._samples)
         self.client = KubeClient(cluster)
         self.cluster = cluster
-        self.paths = Paths(s.dev_dir, s.host_dev_dir)
+        self.paths = Paths(s.dev_dir, s.host_dev_dir, s.sys_dir)
         self.devices: dict[str, DraDevice] = {}
+        self._bound: dict[str, str] = {}  # DRA name -> the fingerprint it was first published for
         self.checkpoint = Checkpoint(s.state_dir)
         self.node = NodeService(s.driver, s.node, self.client, lambda: self.devices, self.refresh_spec,
                                 self.paths, s.prefix, s.cdi_dir, self.checkpoint, self.metrics)
@@ -116,6 +119,7 @@ class DraDaemon:
                                    on_first_list=self._adopt_unplugged)
         self.registered = False
         self.registration_error = ""
+        self.cdi_error: str | None = None
         self._dra_server = UnixServer([self.node, self.health], s.endpoint)
         self._reg_server = UnixServer(Registration(s.driver, s.endpoint, self._registration),
                                         s.registration_socket)
@@ -185,7 +189,10 @@ class DraDaemon:
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.hangup)
         s = self.settings
-        for directory in (s.registry_dir, os.path.dirname(s.endpoint), s.cdi_dir, s.state_dir):
+        # Not the CDI directory: as in device-plugin mode (deviceplugin/cdisync.py), one the
+        # container runtime does not read would make every CDI name unresolvable, so a missing
+        # one is reported (log, /readyz, the failed prepares) rather than created.
+        for directory in (s.registry_dir, os.path.dirname(s.endpoint), s.state_dir):
             os.makedirs(directory, exist_ok=True)
         self.checkpoint.load()
         if self.checkpoint.claims:
@@ -286,6 +293,9 @@ class DraDaemon:
         if self._watcher is not None:
             self._watcher.sync_dev_dirs(inventory.directories)
         devices, problems = dra_devices(inventory, s.prefix, s.dev_dir, s.sys_dir)
+        devices = keep_names(devices, self._bound)
+        devices, unfit = fit(devices)  # what the API server would refuse stays out, said
+        problems += unfit
         fresh = frozenset(inventory.problems) | frozenset(problems)
         for problem in sorted(fresh - self._problems):
             log.warning("%s", problem)
@@ -352,13 +362,21 @@ class DraDaemon:
                 continue
             good.append(entry)
         file_name = cdi.spec_file_name(kind)
-        try:
-            if good:
-                cdi.write_spec(s.cdi_dir, file_name, cdi.build_spec(kind, good))
-            else:
-                cdi.remove_spec(s.cdi_dir, file_name)
-        except (OSError, cdi.CdiError) as exc:
-            log.error("cannot write the CDI spec %s/%s: %s", s.cdi_dir, file_name, exc)
+        problem = cdi_dir_problem(s.cdi_dir)
+        if problem is None:
+            try:
+                if good:
+                    cdi.write_spec(s.cdi_dir, file_name, cdi.build_spec(kind, good))
+                else:
+                    cdi.remove_spec(s.cdi_dir, file_name)
+            except (OSError, cdi.CdiError) as exc:
+                problem = f"cannot write the CDI spec {s.cdi_dir}/{file_name}: {exc}"
+        if problem != self.cdi_error:
+            if problem is not None:
+                log.error("%s", problem)
+            elif self.cdi_error is not None:
+                log.info("CDI spec %s/%s written again", s.cdi_dir, file_name)
+        self.cdi_error = problem
 
     # --- read-only views ---------------------------------------------------------------
     def _samples(self) -> list[Sample]:
@@ -383,11 +401,16 @@ class DraDaemon:
             reasons.append("not registered with the kubelet" + (
                 f": {self.registration_error}" if self.registration_error else
                 f" yet (waiting for its plugin watcher to find {self.settings.registration_socket})"))
+        cdi_problem = cdi_dir_problem(self.settings.cdi_dir) or self.cdi_error
+        if cdi_problem:
+            reasons.append(cdi_problem)
         if self.publisher.error:
             reasons.append(f"API server: {self.publisher.error}")
         elif self.registered and not self.publisher.in_sync:
             reasons.append("ResourceSlices not published yet")
-        if self.registered and not self.publisher.watching and not self.publisher.error:
+        if self.publisher.watch_problem:
+            reasons.append(self.publisher.watch_problem)
+        elif self.registered and not self.publisher.watching and not self.publisher.error:
             reasons.append("the watch on our ResourceSlices is not running")
         return reasons
 

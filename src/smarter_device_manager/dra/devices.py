@@ -11,7 +11,14 @@ prints is what DRA mode publishes. Here each resource becomes one or more DRA de
 
 **Names** are DNS labels (what the API requires) made from the stable identity, never the
 enumeration order: the resource name, and for pool members the pool's name plus the member's
-identity (its USB serial or port). Lowercasing and reading '.' and '_' as '-' is enough for
+identity (its USB serial or port). A device node that a rule selects without naming it (a path
+rule such as ``^ttyACM[0-9]*$``: its resource is named after the kernel's name) is named after
+its kernel name without the number plus its identity when sysfs shows a USB device above it
+(``ttyacm-7a3f21c4-if00``, not ``ttyacm0``, which after a re-enumeration is another device);
+two such devices that share a serial get serial and port (``ttyusb-0001-usb-1-1-4``).
+Each device also carries a ``fingerprint`` (its serial and port) that NodePrepareResources
+compares with the device behind the node when it prepares: another device there is refused.
+Lowercasing and reading '.' and '_' as '-' is enough for
 most (``ttyUSB0`` -> ``ttyusb0``, port ``1-1.2`` -> ``1-1-2``); anything else that had to be
 replaced, or a name over 63 characters, gets a crc32 of the original so that two identities can
 not fold into one name. Two devices that still collide are both renamed with their node path's
@@ -25,7 +32,8 @@ device and its parents up to its USB device (``subsystem``, ``driver``, ``idVend
 ``device``, video4linux ``name`` and ``index``), ``usb`` (a bool), ``usbPort`` and ``usbHub`` (the
 USB port path of the device and of the hub it hangs off, for "on the same hub" constraints) and
 ``bcdDevice`` as a version. Names follow the API's rule (C identifiers of at most 32
-characters); string values are cut to the API's 64 characters.
+bytes); string values are cut to the API's 64 bytes of UTF-8, on a character boundary
+(``validation.cut``).
 """
 
 from __future__ import annotations
@@ -34,11 +42,12 @@ import binascii
 import os
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from smarter_device_manager.cdi import CdiDevice, NodeEdit
 from smarter_device_manager.discovery import (
+    KIND_DEVICE,
     KIND_DIRECTORY,
     KIND_NVIDIA,
     KIND_POOL,
@@ -47,12 +56,13 @@ from smarter_device_manager.discovery import (
     Member,
     Resource,
 )
+from smarter_device_manager.dra.validation import VALUE_MAX, cut
 from smarter_device_manager.handover import numbered
+from smarter_device_manager.identity import Identity, identities
 from smarter_device_manager.sysfs import Level, Sysfs, SysfsError
 from smarter_device_manager.udevmatch import lookup
 
 LABEL_MAX = 63
-VALUE_MAX = 64
 # sysfs attributes published as strings when the device or a parent up to its USB device has them.
 STRING_ATTRIBUTES = ("idVendor", "idProduct", "serial", "manufacturer", "product", "bInterfaceNumber",
                      "vendor", "device", "name")
@@ -75,6 +85,7 @@ class DraDevice:
     attributes: tuple[tuple[str, Attribute], ...]
     nodes: tuple[DeviceNode, ...]
     member: Member | None = None
+    fingerprint: str = ""  # the serial and port of the device behind its node; "" if sysfs has none
 
     @property
     def shares(self) -> int:
@@ -105,7 +116,7 @@ def env_name(prefix: str, resource_name: str) -> str:
 
 
 def _string(value: str) -> Attribute:
-    return {"string": value[:VALUE_MAX]}
+    return {"string": cut(value, VALUE_MAX)}
 
 
 def _own(sysfs: Sysfs, chain: tuple[Level, ...]) -> tuple[tuple[Level, ...], int | None]:
@@ -149,12 +160,14 @@ def sysfs_attributes(sysfs: Sysfs, chain: tuple[Level, ...]) -> dict[str, Attrib
     return found
 
 
-def _node_attributes(dev_dir: str, sysfs: Sysfs | None, node: DeviceNode) -> tuple[dict[str, Attribute], str]:
-    """Attributes of a device node: type, numbers and sysfs; the second value is a problem or ''."""
+def _node_attributes(dev_dir: str, sysfs: Sysfs | None,
+                     node: DeviceNode) -> tuple[dict[str, Attribute], str, Identity | None]:
+    """Attributes of a device node: type, numbers and sysfs; then a problem or '', and the node's
+    stable identities when sysfs knows it."""
     try:
         st = os.stat(os.path.join(dev_dir, node.source))
     except OSError as exc:
-        return {}, f"/dev/{node.source}: {exc.strerror}"
+        return {}, f"/dev/{node.source}: {exc.strerror}", None
     block = stat.S_ISBLK(st.st_mode)
     found: dict[str, Attribute] = {
         "type": _string("block" if block else "char"),
@@ -163,13 +176,21 @@ def _node_attributes(dev_dir: str, sysfs: Sysfs | None, node: DeviceNode) -> tup
         "usb": {"bool": False},  # until sysfs shows a USB device above it
     }
     if sysfs is None:
-        return found, ""
+        return found, "", None
     try:
         chain = sysfs.chain(sysfs.device_dir(block, os.major(st.st_rdev), os.minor(st.st_rdev)))
     except SysfsError:
-        return found, ""  # a device sysfs does not know (a test's mknod, /dev/null copies)
+        return found, "", None  # a device sysfs does not know (a test's mknod, /dev/null copies)
     found.update(sysfs_attributes(sysfs, chain))
-    return found, ""
+    return found, "", identities(sysfs, chain, node.source)
+
+
+def fingerprint_now(dev_dir: str, sys_dir: str | None, node: DeviceNode) -> str:
+    """The fingerprint of the device behind ``node`` as sysfs shows it now ("" if none): what
+    prepare compares with the fingerprint the device was published with."""
+    sysfs = Sysfs(sys_dir) if sys_dir is not None and os.path.isdir(sys_dir) else None
+    found = _node_attributes(dev_dir, sysfs, node)[2]
+    return found.located if found is not None and found.usb else ""
 
 
 def dra_devices(inventory: Inventory, prefix: str, dev_dir: str,
@@ -178,6 +199,7 @@ def dra_devices(inventory: Inventory, prefix: str, dev_dir: str,
     sysfs = Sysfs(sys_dir) if sys_dir is not None and os.path.isdir(sys_dir) else None
     problems: list[str] = []
     devices: list[DraDevice] = []
+    kernel_named: list[tuple[int, Identity]] = []  # (index in devices, identity): renamed at the end
     for resource in inventory.resources.values():
         if resource.count <= 0:
             problems.append(f"{prefix}/{resource.name} ({resource.where}) is not published in DRA mode: "
@@ -192,15 +214,18 @@ def dra_devices(inventory: Inventory, prefix: str, dev_dir: str,
             for member in resource.members:
                 attributes = dict(common, kind=_string("pool-member"), identity=_string(member.identity),
                                   path=_string(f"/dev/{member.path}"))
+                fingerprint = ""
                 if member.nodes:
-                    found, problem = _node_attributes(dev_dir, sysfs, member.nodes[0])
+                    found, problem, ident = _node_attributes(dev_dir, sysfs, member.nodes[0])
                     attributes.update(found)
                     if problem:
                         problems.append(problem)
+                    fingerprint = ident.located if ident is not None and ident.usb else ""
                 devices.append(_device(label(f"{resource.name}-{member.identity}"), resource,
-                                       attributes, member.nodes, member))
+                                       attributes, member.nodes, member, fingerprint))
             continue
         attributes = dict(common, identity=_string(resource.name))
+        ident = None
         if resource.kind == KIND_NVIDIA:
             gpu = resource.gpu
             attributes["gpu"] = {"int": int(gpu)} if gpu.isdigit() else _string(gpu)
@@ -208,37 +233,93 @@ def dra_devices(inventory: Inventory, prefix: str, dev_dir: str,
         else:
             attributes["path"] = _string(f"/dev/{resource.path}")
             if resource.kind != KIND_DIRECTORY and resource.nodes:
-                found, problem = _node_attributes(dev_dir, sysfs, resource.nodes[0])
+                found, problem, ident = _node_attributes(dev_dir, sysfs, resource.nodes[0])
                 attributes.update(found)
                 if problem:
                     problems.append(problem)
             elif resource.kind == KIND_DIRECTORY:
                 attributes["type"] = _string("directory")
                 attributes["nodes"] = {"int": len(resource.nodes)}
-        devices.append(_device(label(resource.name), resource, attributes, resource.nodes))
+        if ident is not None and ident.usb:
+            fingerprint = ident.located
+            if resource.kind == KIND_DEVICE and not resource.rule.name:
+                # Named after the kernel's name: named after the device instead.
+                attributes["identity"] = _string(ident.base)
+                kernel_named.append((len(devices), ident))
+        else:
+            fingerprint = ""
+        devices.append(_device(label(resource.name), resource, attributes, resource.nodes,
+                               fingerprint=fingerprint))
+    _name_by_identity(devices, kernel_named)
     return _unique(devices, problems), problems
 
 
+def _name_by_identity(devices: list[DraDevice], kernel_named: list[tuple[int, Identity]]) -> None:
+    """Devices whose resource is named after the kernel's name: ``<name without its number>-<serial>``,
+    or with serial and port for devices of one kind that share a serial (in place)."""
+    def stem(device: DraDevice) -> str:
+        return device.resource.name.rstrip("0123456789") or device.resource.name
+
+    proposed = {at: label(f"{stem(devices[at])}-{ident.base}") for at, ident in kernel_named}
+    count: dict[str, int] = {}
+    for name in proposed.values():
+        count[name] = count.get(name, 0) + 1
+    for at, ident in kernel_named:
+        name = proposed[at] if count[proposed[at]] == 1 else label(f"{stem(devices[at])}-{ident.located}")
+        devices[at] = replace(devices[at], name=name)
+
+
+def keep_names(devices: list[DraDevice], bound: dict[str, str]) -> list[DraDevice]:
+    """A name published for one device is never published for another while this daemon runs.
+
+    ``bound`` (name -> fingerprint, owned by the daemon) remembers who had each name. Twins
+    (adapters sharing a serial) are named from each scan: when the one named ``...-0001`` is
+    unplugged the other is proposed that name, and a claim allocated against the old slice would
+    be prepared with the wrong adapter. A device whose name belongs to another fingerprint is
+    published as ``<name>-<its fingerprint>`` instead; the owner coming back gets its name back.
+    """
+    result: list[DraDevice] = []
+    for device in devices:
+        if device.fingerprint and bound.setdefault(device.name, device.fingerprint) != device.fingerprint:
+            device = replace(device, name=label(f"{device.name}-{device.fingerprint}"))
+            bound.setdefault(device.name, device.fingerprint)
+        result.append(device)
+    return sorted(result, key=lambda d: d.name)
+
+
 def _device(name: str, resource: Resource, attributes: dict[str, Attribute],
-            nodes: tuple[DeviceNode, ...], member: Member | None = None) -> DraDevice:
-    return DraDevice(name, resource, tuple(sorted(attributes.items())), nodes, member)
+            nodes: tuple[DeviceNode, ...], member: Member | None = None, fingerprint: str = "") -> DraDevice:
+    return DraDevice(name, resource, tuple(sorted(attributes.items())), nodes, member, fingerprint)
 
 
 def _unique(devices: list[DraDevice], problems: list[str]) -> list[DraDevice]:
+    """Every device under a name of its own: devices whose names collide are renamed with a crc of
+    their node path, and again (with a counter in the crc) until the name is free.
+
+    One pass of renaming is not enough: serials ``abc`` and ``ABC`` both give ``…-abc``, and the
+    renamed ``…-abc-<crc>`` can be exactly what serial ``abc-<crc>`` gives on its own; the API
+    server then refuses the slice and the CDI spec has a device "defined twice". The result is
+    the same for the same devices, whatever their order.
+    """
     by_name: dict[str, list[DraDevice]] = {}
     for device in devices:
         by_name.setdefault(device.name, []).append(device)
-    result: list[DraDevice] = []
-    for name, same in by_name.items():
+    taken = set(by_name)
+    result = [same[0] for same in by_name.values() if len(same) == 1]
+    for name, same in sorted(by_name.items()):
         if len(same) == 1:
-            result.append(same[0])
             continue
-        for device in same:
-            renamed = label(f"{name}-{binascii.crc32(device.where.encode()):08x}")
+        for device in sorted(same, key=lambda d: d.where):
+            salt = device.where
+            renamed = label(f"{name}-{binascii.crc32(salt.encode()):08x}")
+            attempt = 0
+            while renamed in taken:
+                attempt += 1
+                renamed = label(f"{name}-{binascii.crc32(f'{salt}#{attempt}'.encode()):08x}")
+            taken.add(renamed)
             problems.append(f"{device.where}: DRA device name {name} is taken by "
                             f"{len(same) - 1} other device(s); published as {renamed}")
-            result.append(DraDevice(renamed, device.resource, device.attributes, device.nodes,
-                                    device.member))
+            result.append(replace(device, name=renamed))
     return sorted(result, key=lambda d: d.name)
 
 
@@ -248,6 +329,7 @@ class Paths:
 
     dev_dir: str
     host_dev_dir: str
+    sys_dir: str | None = None  # read again at prepare: is the device behind a node still the one?
 
 
 def _node_edit(paths: Paths, node: DeviceNode, container_path: str) -> NodeEdit:

@@ -29,7 +29,6 @@ import contextlib
 import json
 import logging
 import os
-import stat
 from collections.abc import Callable
 from typing import Any
 
@@ -37,8 +36,8 @@ from grpclib.server import Stream
 
 from smarter_device_manager import cdi
 from smarter_device_manager.api import dra as pb
-from smarter_device_manager.discovery import KIND_DIRECTORY, directory_nodes
-from smarter_device_manager.dra.devices import DraDevice, Paths, claim_cdi_devices
+from smarter_device_manager.discovery import KIND_DIRECTORY, directory_nodes, node_problem
+from smarter_device_manager.dra.devices import DraDevice, Paths, claim_cdi_devices, fingerprint_now
 from smarter_device_manager.dra.kube import KubeClient, KubeError, path_of
 from smarter_device_manager.dra.slices import API_VERSION
 from smarter_device_manager.metrics import Metrics
@@ -79,7 +78,29 @@ class Checkpoint:
                 not isinstance(doc.get("claims"), dict):
             log.error("checkpoint %s has an unknown format; ignoring it", self.path)
             return
-        self.claims = doc["claims"]
+        bad: dict[str, Any] = {}
+        for uid, entry in doc["claims"].items():
+            problem = entry_problem(entry)
+            if problem is None:
+                self.claims[uid] = entry
+            else:
+                bad[uid] = entry
+                log.warning("checkpoint %s: claim %s is not usable (%s); set aside in %s, the kubelet "
+                            "prepares it again", self.path, uid, problem, self.path + ".damaged")
+        if bad:
+            self._set_aside(bad)
+
+    def _set_aside(self, bad: dict[str, Any]) -> None:
+        """Keep the unusable entries for a human (``<checkpoint>.damaged``), the good ones in the
+        checkpoint: one bad entry must not cost the others, nor crash every start."""
+        aside = self.path + ".damaged"
+        try:
+            with open(aside, "w", encoding="utf-8") as handle:
+                json.dump({"version": CHECKPOINT_VERSION, "claims": bad}, handle, sort_keys=True)
+            self.save()
+        except OSError as exc:
+            log.error("checkpoint %s: cannot set the unusable claims aside (%s); they stay out of "
+                      "memory only", self.path, exc.strerror or exc)
 
     def save(self) -> None:
         """Write a temp file and rename it over the checkpoint: a daemon that dies at any moment
@@ -100,6 +121,62 @@ class Checkpoint:
         finally:
             os.close(fd)
         os.replace(tmp, self.path)
+
+
+def request_name(result_request: str) -> str:
+    """The request name the kubelet matches a container's ``resources.claims[].request`` against.
+
+    An allocation result of a request with ``firstAvailable`` subrequests (prioritized lists,
+    GA in Kubernetes 1.36) names ``<request>/<subrequest>``; a container can only name the
+    request (a DNS label), and the kubelet compares the two exactly, so a device answered with
+    ``<request>/<subrequest>`` would reach no container that names its request. Answer with the
+    part before the first '/', as the kubelet's own helper does (dynamic-resource-allocation
+    kubeletplugin/draplugin.go stripSubrequestNames).
+    """
+    return result_request.split("/", 1)[0]
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def entry_problem(entry: Any) -> str | None:
+    """What is wrong with one checkpoint entry (as ``prepare`` writes it), or None.
+
+    Checked on load because everything after trusts the shape: an entry written by another
+    version, or edited by hand, must be refused here rather than raise later in every start.
+    """
+    if not isinstance(entry, dict):
+        return "not an object"
+    for key in ("namespace", "name"):
+        if not isinstance(entry.get(key), str):
+            return f"no string {key!r}"
+    devices = entry.get("devices")
+    if not isinstance(devices, list):
+        return "no list 'devices'"
+    for number, device in enumerate(devices):
+        if not isinstance(device, dict):
+            return f"devices[{number}] is not an object"
+        for key in ("pool", "device"):
+            if not isinstance(device.get(key), str):
+                return f"devices[{number}] has no string {key!r}"
+        for key in ("requests", "cdi"):
+            if not _strings(device.get(key)):
+                return f"devices[{number}] has no list of strings {key!r}"
+        if "share" in device and not isinstance(device["share"], str):
+            return f"devices[{number}].share is not a string"
+    return None
+
+
+def cdi_dir_problem(cdi_dir: str) -> str | None:
+    """Why no CDI spec can be written to ``cdi_dir``, or None. DRA mode never creates the
+    directory (no more than device-plugin mode does): one that the container runtime does not
+    read (a typo, a path not mounted from the host) would make every CDI name unresolvable."""
+    if os.path.isdir(cdi_dir):
+        return None
+    return (f"CDI directory {cdi_dir} does not exist: devices cannot be handed to containers; "
+            "create it (or mount the host's, where the container runtime reads CDI specs) or fix "
+            "--cdi-dir; the daemon does not create it")
 
 
 def claim_spec_file(driver: str, uid: str) -> str:
@@ -173,7 +250,8 @@ class NodeService(pb.DRAPluginService):
         log.info("NodePrepareResources %s (uid %s) %s: %s", who, claim.uid, how,
                  ", ".join(f"{d['device']} -> {' '.join(d['cdi'])}" for d in devices) or "no devices of ours")
         return pb.NodePrepareResourceResponse(devices=[
-            pb.Device(request_names=list(d["requests"]), pool_name=d["pool"], device_name=d["device"],
+            pb.Device(request_names=[request_name(r) for r in d["requests"]], pool_name=d["pool"],
+                      device_name=d["device"],
                       cdi_device_ids=list(d["cdi"]), share_id=d.get("share")) for d in devices])
 
     async def _prepare_new(self, claim: pb.Claim) -> list[dict[str, Any]]:
@@ -208,8 +286,15 @@ class NodeService(pb.DRAPluginService):
                                    "again")
             self._check_nodes(who, device)
             wanted.append((result, device))
-        if any(d.resource.kind == KIND_DIRECTORY for _, d in wanted):
-            self._refresh()  # the node-wide spec lists a directory's nodes as they are now
+        problem = cdi_dir_problem(self.cdi_dir)
+        if problem is not None:
+            raise PrepareError(f"{who}: {problem}")
+        if any(d.resource.kind == KIND_DIRECTORY for _, d in wanted) or (
+                any(d.member is None for _, d in wanted) and not os.path.exists(
+                    os.path.join(self.cdi_dir, cdi.spec_file_name(self.device_kind)))):
+            # the node-wide spec lists a directory's nodes as they are now; and it must be
+            # there at all (the CDI dir may have come after the last rescan, or been cleaned)
+            self._refresh()
         members = [d for _, d in wanted if d.member is not None]
         claim_devices = claim_cdi_devices(members, self.paths, self.prefix, claim.uid) if members else {}
         if claim_devices:
@@ -224,7 +309,8 @@ class NodeService(pb.DRAPluginService):
                 cdi_id = cdi.qualified(self.claim_kind, claim_devices[device.name].name)
             else:
                 cdi_id = cdi.qualified(self.device_kind, device.name)
-            entry: dict[str, Any] = {"requests": [str(result.get("request", ""))], "pool": self.node,
+            entry: dict[str, Any] = {"requests": [request_name(str(result.get("request", "")))],
+                                     "pool": self.node,
                                      "device": device.name, "cdi": [cdi_id]}
             if result.get("shareID"):
                 entry["share"] = str(result["shareID"])
@@ -240,21 +326,31 @@ class NodeService(pb.DRAPluginService):
         return prepared
 
     def _check_nodes(self, who: str, device: DraDevice) -> None:
-        """Every node must still be a device node: it may have gone or been replaced since the scan."""
+        """Every node must still be a device node inside the dev dir: it may have gone or been
+        replaced since the scan, or a directory on its way swapped for a symlink to somewhere
+        else. The same descriptor walk as device-plugin mode's Allocate (discovery.node_problem,
+        discovery.directory_nodes; docs/decisions.md "Allocate checks containment with
+        descriptors"), so a swap is refused, never followed out of the dev dir."""
         nodes = device.nodes
         if device.resource.kind == KIND_DIRECTORY:
-            nodes, _ = directory_nodes(self.paths.dev_dir, device.resource.path)
+            nodes, problems = directory_nodes(self.paths.dev_dir, device.resource.path)
+            for problem in problems:
+                log.warning("%s: device %s: %s", who, device.name, problem)
             if not nodes:
-                raise PrepareError(f"{who}: {device.where} holds no device nodes any more")
+                why = "; ".join(problems) or f"{device.where} holds no device nodes any more"
+                raise PrepareError(f"{who}: device {device.name}: {why}")
         for node in nodes:
-            try:
-                mode = os.lstat(os.path.join(self.paths.dev_dir, node.source)).st_mode
-            except OSError as exc:
-                raise PrepareError(f"{who}: device {device.name}: /dev/{node.source} {exc.strerror} "
-                                   "(unplugged?)") from None
-            if not (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)):
-                raise PrepareError(f"{who}: device {device.name}: /dev/{node.source} is no longer a "
-                                   "device node")
+            refused = node_problem(self.paths.dev_dir, node.source)
+            if refused is not None:
+                raise PrepareError(f"{who}: device {device.name}: {refused}")
+        if device.fingerprint and nodes:
+            # The last scan may be older than a re-enumeration: the node may be another device now.
+            now = fingerprint_now(self.paths.dev_dir, self.paths.sys_dir, nodes[0])
+            if now != device.fingerprint:
+                raise PrepareError(f"{who}: device {device.name} was allocated as {device.fingerprint}, "
+                                   f"but /dev/{nodes[0].source} is now "
+                                   f"{now or 'no device sysfs knows'}; refused. Delete the pod so "
+                                   "the claim can be allocated again")
 
     def _restore_claim_spec(self, uid: str, known: dict[str, Any]) -> None:
         """A prepared claim asked again: its claim spec must still be there (someone may have

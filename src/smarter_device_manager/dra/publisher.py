@@ -12,6 +12,15 @@ read it) or a slice gone under us makes it list again before the next plan, so t
 follows is based on what the server really has. A 403 names the verb and resource the
 ServiceAccount lacks. Prepared claims do not depend on any of this (see ``node.py``).
 
+A watch the server (or a proxy in between) ends at once without a single event would be reopened
+at once, forever: a busy loop of requests with nothing to show for it. So a watch that ended
+within ``QUICK_END`` seconds without an event (a BOOKMARK counts; an ERROR does not) is reopened
+after a backoff with jitter (the same 0.5 s doubling to 30 s), counted in
+``dra_watch_ended_empty_total``, and once ``EMPTY_WATCHES_UNREADY`` of them come in a row,
+``watch_problem`` says so (``/readyz``). A watch that ran longer (the server's timeout on an idle
+node) is reopened at once, as it should be. A watch refused with 410 Gone, or ended by an ERROR
+event (410: the version we asked for is compacted away), starts over from a fresh list.
+
 Slices are published only once the kubelet has accepted our registration: the kubelet wipes a
 node's slices when it starts and those of a driver that is not registered, and devices that no
 kubelet plugin can prepare would only strand pods.
@@ -36,6 +45,8 @@ RESOURCE = "resourceslices.resource.k8s.io"
 BACKOFF_START = 0.5
 BACKOFF_MAX = 30.0
 WATCH_TIMEOUT = 300
+QUICK_END = 5.0
+EMPTY_WATCHES_UNREADY = 3
 
 
 def _jitter(delay: float) -> float:
@@ -63,6 +74,7 @@ class Publisher:
         self.error: str | None = None
         self.listed = False
         self.watching = False
+        self.empty_watches = 0  # watches in a row that ended at once without an event
         self._list_version = ""
         self._wake = asyncio.Event()
         self._listed_event = asyncio.Event()
@@ -82,6 +94,15 @@ class Publisher:
         """The kubelet accepted our registration: publish (again)."""
         self.enabled = True
         self._wake.set()
+
+    @property
+    def watch_problem(self) -> str | None:
+        """Why the watch is not doing its job although no request fails, or None."""
+        if self.empty_watches < EMPTY_WATCHES_UNREADY:
+            return None
+        return (f"the watch on our ResourceSlices ended at once without any event {self.empty_watches} "
+                "times in a row (the API server or a proxy in between cuts it); reopening it with "
+                "backoff")
 
     @property
     def in_sync(self) -> bool:
@@ -165,6 +186,7 @@ class Publisher:
             self._on_write(write)
 
     async def _watcher(self) -> None:
+        loop = asyncio.get_running_loop()
         delay = BACKOFF_START
         while True:
             if not self.listed:
@@ -172,6 +194,8 @@ class Publisher:
                 self._wake.set()  # the writer lists (it must anyway before it writes)
                 await self._listed_event.wait()
             version = self._list_version
+            delivered = False
+            started = loop.time()
             try:
                 params = {"fieldSelector": self._selector, "allowWatchBookmarks": "true",
                           "timeoutSeconds": str(WATCH_TIMEOUT)}
@@ -179,16 +203,30 @@ class Publisher:
                     params["resourceVersion"] = version
                 self.watching = True
                 async for event in self.client.watch(self._path, params, resource=RESOURCE):
-                    delay = BACKOFF_START
+                    if event.get("type") != "ERROR":
+                        delivered = True
+                        delay = BACKOFF_START
+                        self.empty_watches = 0
                     if not self._event(event):
                         break
             except KubeError as exc:
                 self.watching = False
                 self._fail(exc)
+                if exc.status == 410:  # Gone: our resourceVersion is compacted away
+                    log.info("slice watch refused with 410 Gone; listing again")
+                    self.listed = False
                 await asyncio.sleep(_jitter(delay))
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
             self.watching = False
+            if delivered or loop.time() - started >= QUICK_END:
+                continue  # a watch that did its job, or the server's timeout: reopen at once
+            self.empty_watches += 1
+            self.metrics.inc("dra_watch_ended_empty_total")
+            if self.empty_watches == EMPTY_WATCHES_UNREADY:
+                log.warning("%s", self.watch_problem)
+            await asyncio.sleep(_jitter(delay))
+            delay = min(delay * 2, BACKOFF_MAX)
 
     def _event(self, event: dict[str, Any]) -> bool:
         """Take one watch event; False when the watch must start over from a fresh list."""

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from smarter_device_manager.dra.devices import DraDevice
+from smarter_device_manager.dra.validation import fit_entry
 
 API_VERSION = "resource.k8s.io/v1"
 MAX_DEVICES = 128
@@ -87,6 +88,37 @@ def device_entry(device: DraDevice) -> dict[str, Any]:
             "requestPolicy": {"default": "1", "validRange": {"min": "1", "max": count, "step": "1"}},
         }}
     return entry
+
+
+def fit(devices: Sequence[DraDevice]) -> tuple[list[DraDevice], list[str]]:
+    """The devices as the API server will take them, and what had to be left out, and why.
+
+    Each device's entry is checked with the server's rules (``validation.fit_entry``): an
+    attribute it would refuse is dropped from its device, a device that still does not fit is
+    left out, and so is a second device of a name already taken (the server refuses a slice with
+    two; ``devices._unique`` should have made that impossible, this makes sure before any write).
+    One device that cannot be published never stops the others.
+    """
+    kept: list[DraDevice] = []
+    problems: list[str] = []
+    seen: set[str] = set()
+    for device in devices:
+        fitted, why = fit_entry(device_entry(device))
+        problems += why
+        if fitted is None:
+            problems.append(f"{device.where}: not published in DRA mode (the API server would refuse "
+                            f"the node's whole slice)")
+            continue
+        if device.name in seen:
+            problems.append(f"{device.where}: not published in DRA mode: device name {device.name} is "
+                            "taken by another device")
+            continue
+        seen.add(device.name)
+        if fitted["attributes"] != dict(device.attributes):
+            device = DraDevice(device.name, device.resource, tuple(sorted(fitted["attributes"].items())),
+                               device.nodes, device.member)
+        kept.append(device)
+    return kept, problems
 
 
 def desired_specs(node: str, driver: str, devices: Sequence[DraDevice], generation: int,
