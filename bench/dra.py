@@ -55,6 +55,7 @@ async def dra(args: argparse.Namespace) -> None:
     for device in DEFAULT_DEVICES:
         mknod(dev / device)
     api = FakeApiServer()
+    api.add_node(NODE, "bench-node-uid")
     await api.start()
     kubelet = KubeletDraStandin(str(root / "registry"), NODE, api)
     await kubelet.start()

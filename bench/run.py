@@ -459,10 +459,43 @@ async def cdi(args: argparse.Namespace) -> None:
     await node.close()
 
 
+def config_check(args: argparse.Namespace) -> None:
+    """check-config of a large file, as a user runs it (a process), and the composer's share."""
+    import yaml
+
+    import smarter_device_manager.config as config_module
+
+    rules = 10_000
+    print(f"config (issue 16): check-config of {rules:,} rules")
+    text = "".join(f"- {{devicematch: ^dev{i}$, nummaxdevices: 1}}\n" for i in range(rules))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "conf.yaml")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        took = []
+        for _ in range(args.repeat):
+            t0 = time.monotonic()
+            subprocess.run([sys.executable, "-m", "smarter_device_manager", "check-config", path],
+                           check=True, capture_output=True, env=DAEMON_ENV)
+            took.append(time.monotonic() - t0)
+    loader = getattr(config_module, "LOADER", yaml.SafeLoader).__name__
+    report(f"check-config, {rules:,} rules ({loader}), median", f"{statistics.median(took):.2f}s", "<= 1 s")
+    for cls in (yaml.SafeLoader, getattr(yaml, "CSafeLoader", None)):
+        if cls is None:
+            continue
+        config_module.LOADER = cls
+        t0 = time.monotonic()
+        config_module.parse_config(text, "bench")
+        fallback = " (the fallback, as in the image)" if cls is yaml.SafeLoader else ""
+        report(f"  parse_config in-process, {cls.__name__}{fallback}", f"{time.monotonic() - t0:.2f}s",
+               "<= 1 s" if cls is not yaml.SafeLoader else "-")
+    config_module.LOADER = getattr(yaml, loader)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short idle windows, fewer repeats")
-    parser.add_argument("--only", choices=["core", "live", "identity", "cdi", "dra"])
+    parser.add_argument("--only", choices=["core", "config", "live", "identity", "cdi", "dra"])
     args = parser.parse_args()
     args.repeat = 3 if args.quick else 7
     args.idle = 5.0 if args.quick else 30.0
@@ -480,6 +513,8 @@ def main() -> int:
     compileall.compile_dir(os.path.dirname(smarter_device_manager.__file__), quiet=1)
     if args.only in (None, "core"):
         asyncio.run(core(args))
+    if args.only in (None, "config"):
+        config_check(args)
     if args.only in (None, "live"):
         asyncio.run(live(args))
     if args.only in (None, "identity"):

@@ -33,6 +33,22 @@ def mkdev(path: Path, kind: str = "c", major: int = 1, minor: int = 3) -> Path:
     return path
 
 
+@pytest.fixture
+def reachable_tmp() -> Iterator[Path]:
+    """A fresh directory that an unprivileged user can reach (pytest's tmp_path sits under a
+    0700 directory), for tests that drop privileges; removed afterwards with everything in it,
+    including the 0-mode directories such tests make."""
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="sdm-perm-", dir="/tmp"))
+    root.chmod(0o755)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root)  # as root, 0-mode directories inside are no obstacle
+
+
 @dataclass
 class Node:
     root: Path

@@ -9,7 +9,7 @@ ResourceClaims (namespaced) of ``resource.k8s.io/v1`` and answers, as the real o
   than the history it keeps gets an ``ERROR`` event with code 410 (Gone), like a compacted etcd;
 * ``POST`` (409 AlreadyExists), ``PUT`` with ``metadata.resourceVersion`` (409 Conflict when it is
   stale, 404 when the slice is gone), ``DELETE``;
-* ``GET .../namespaces/NS/resourceclaims/NAME``;
+* ``GET .../namespaces/NS/resourceclaims/NAME``; ``GET /api/v1/nodes/NAME`` (``add_node``);
 * bearer-token authentication (401), and the validation the real server applies to a
   ResourceSlice, mirrored from the Kubernetes 1.36 source (see ``_invalid``: lengths in bytes,
   duplicate device names, the per-slice device limits, attribute name rules, immutable fields on
@@ -23,7 +23,9 @@ answer waits), ``forbid`` (RBAC: 403 with the real message for that verb and res
 ``conflict_next`` (the next update meets a concurrent writer), ``end_watches_at_once`` (every
 watch ends before its first event, as a misbehaving proxy does), ``compact`` (etcd compaction:
 older watches get 410 Gone), ``drop_watches`` (a restarted API server). ``wipe`` deletes a node's slices
-as the kubelet does when it starts. ``writes`` records every successful write with its time.
+as the kubelet does when it starts. ``writes`` records every successful write with its time
+and the client that made it (``tokens`` maps more bearer tokens to client names;
+``kubeconfig(path, client)`` writes one).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class Write:
     verb: str
     name: str
     obj: dict[str, Any] | None
+    client: str = ""
 
 
 @dataclass
@@ -61,6 +64,8 @@ class FakeApiServer:
     token: str = "stand-in-token"
     slices: dict[str, dict[str, Any]] = field(default_factory=dict)
     claims: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tokens: dict[str, str] = field(default_factory=dict)  # more bearer tokens -> client name
     writes: list[Write] = field(default_factory=list)
     requests: list[tuple[str, str]] = field(default_factory=list)
     fail_next: list[int] = field(default_factory=list)
@@ -79,6 +84,7 @@ class FakeApiServer:
     _class_watches: list[asyncio.Queue[tuple[str, dict[str, Any]] | None]] = field(default_factory=list)
     extended_resource_gate: bool = True  # False: drop spec.extendedResourceName, as 1.34/1.35 do
     _server: asyncio.AbstractServer | None = None
+    _client: str = ""
     port: int = 0
 
     async def start(self, port: int = 0, tls: ssl.SSLContext | None = None) -> None:
@@ -101,7 +107,13 @@ class FakeApiServer:
     def url(self) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}"
 
-    def kubeconfig(self, path: str) -> str:
+    def kubeconfig(self, path: str, client: str = "") -> str:
+        """A kubeconfig for this stand-in; with ``client``, a token of its own, so that writes
+        are told apart by client."""
+        token = self.token
+        if client:
+            token = f"{self.token}-{client}"
+            self.tokens[token] = client
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(f"""apiVersion: v1
 kind: Config
@@ -110,7 +122,7 @@ clusters:
   cluster: {{server: "{self.url}"}}
 users:
 - name: sdm
-  user: {{token: {self.token}}}
+  user: {{token: {token}}}
 contexts:
 - name: sdm@stand-in
   context: {{cluster: stand-in, user: sdm}}
@@ -137,6 +149,17 @@ current-context: sdm@stand-in
             "spec": {"devices": {"requests": _requests(results)}},
             "status": {"allocation": {"devices": {"results": results}}},
         }
+
+    def add_node(self, name: str, uid: str) -> None:
+        self.nodes[name] = {"apiVersion": "v1", "kind": "Node",
+                            "metadata": {"name": name, "uid": uid, "resourceVersion": self._bump()}}
+
+    def writes_by(self) -> dict[str, int]:
+        """Successful writes per client."""
+        counts: dict[str, int] = {}
+        for write in self.writes:
+            counts[write.client] = counts.get(write.client, 0) + 1
+        return counts
 
     def wipe(self, node: str) -> int:
         """Delete the node's slices, as the kubelet does when it starts."""
@@ -192,6 +215,7 @@ current-context: sdm@stand-in
                     else:
                         await self._watch(writer, url.path, query, headers)
                     return
+                self._client = self.tokens.get(headers.get("authorization", "").removeprefix("Bearer "), "")
                 if url.path == CLASSES or url.path.startswith(CLASSES + "/"):
                     status, answer = self._class_answer(method, url.path, headers, body)
                 else:
@@ -207,19 +231,23 @@ current-context: sdm@stand-in
 
     def _check(self, method: str, path: str, headers: dict[str, str]) -> tuple[int, dict[str, Any]] | None:
         # token "": clients authenticate with a TLS client certificate the server verified
-        if self.token and headers.get("authorization") != f"Bearer {self.token}":
+        token = headers.get("authorization", "").removeprefix("Bearer ")
+        if self.token and token != self.token and token not in self.tokens:
             return 401, _status(401, "Unauthorized", "Unauthorized")
         if self.fail_next:
             code = self.fail_next.pop(0)
             return code, _status(code, "InternalError", f"stand-in fault injection: {code}")
-        plural = "resourceclaims" if "/resourceclaims" in path else "resourceslices"
+        plural = "resourceclaims" if "/resourceclaims" in path else \
+            "nodes" if path.startswith("/api/v1/nodes") else "resourceslices"
         verb = {"POST": "create", "PUT": "update", "DELETE": "delete"}.get(method, "get")
         if method == "GET" and path.endswith("/resourceslices"):
             verb = "list"
         if (verb, plural) in self.forbid:
-            return 403, _status(403, "Forbidden", f'{plural}.resource.k8s.io is forbidden: User '
+            group = "" if plural == "nodes" else "resource.k8s.io"
+            qualified = f"{plural}.{group}" if group else plural
+            return 403, _status(403, "Forbidden", f'{qualified} is forbidden: User '
                                 f'"system:serviceaccount:sdm:smarter-device-manager" cannot {verb} resource '
-                                f'"{plural}" in API group "resource.k8s.io" at the cluster scope')
+                                f'"{plural}" in API group "{group}" at the cluster scope')
         return None
 
     def _answer(self, method: str, path: str, query: dict[str, str], headers: dict[str, str],
@@ -227,6 +255,11 @@ current-context: sdm@stand-in
         refused = self._check(method, path, headers)
         if refused is not None:
             return refused
+        node = re.fullmatch(r"/api/v1/nodes/([^/]+)", path)
+        if node and method == "GET":
+            if node.group(1) not in self.nodes:
+                return 404, _status(404, "NotFound", f'nodes "{node.group(1)}" not found')
+            return 200, self.nodes[node.group(1)]
         claim = re.fullmatch(GROUP + r"/namespaces/([^/]+)/resourceclaims/([^/]+)", path)
         if claim and method == "GET":
             found = self.claims.get((claim.group(1), claim.group(2)))
@@ -256,7 +289,7 @@ current-context: sdm@stand-in
                 return 200, self.slices[name]
             if method == "DELETE":
                 self._delete(name)
-                self.writes.append(Write(time.monotonic(), "delete", name, None))
+                self.writes.append(Write(time.monotonic(), "delete", name, None, self._client))
                 return 200, _status(200, "", "deleted")
             if method == "PUT":
                 obj = json.loads(body)
@@ -286,10 +319,14 @@ current-context: sdm@stand-in
             self.rejected.append(status["message"])
             return 422, status
         obj = json.loads(json.dumps(obj))
+        name = obj["metadata"]["name"]
         obj["metadata"]["resourceVersion"] = self._bump()
-        obj["metadata"].setdefault("uid", f"uid-{obj['metadata']['name']}")
+        # the uid is the server's: new on every create (so a slice deleted and made again has
+        # another), kept by every update whatever the body says
+        obj["metadata"]["uid"] = f"uid-{name}-{obj['metadata']['resourceVersion']}" if verb == "create" \
+            else self.slices[name]["metadata"]["uid"]
         self.slices[obj["metadata"]["name"]] = obj
-        self.writes.append(Write(time.monotonic(), verb, obj["metadata"]["name"], obj))
+        self.writes.append(Write(time.monotonic(), verb, obj["metadata"]["name"], obj, self._client))
         self._event("ADDED" if verb == "create" else "MODIFIED", obj)
         return 201 if verb == "create" else 200, obj
 

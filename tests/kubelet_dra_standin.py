@@ -7,6 +7,12 @@ smoke_dra.py wire facts:
   every 20 ms, which is fine for a test), calls ``GetInfo``, checks the type is ``DRAPlugin``
   and that ``v1.DRAPlugin`` is among the supported versions, dials the endpoint, and answers
   ``NotifyRegistrationStatus`` (refusing, with an error, a wrong type or version);
+* keeps every registration of a driver, in order, as pkg/kubelet/cm/dra/plugin/
+  dra_plugin_manager.go does (1.33+, for rolling updates): a second registration socket for the
+  same driver adds a plugin (refused if it names an endpoint already registered); calls go to the
+  newest one that is connected (here: whose endpoint socket exists), else the newest; a
+  registration socket that disappears deregisters its plugin (the pluginwatcher's reconciler);
+  a socket path registered again replaces its old registration;
 * calls ``NodePrepareResources`` / ``NodeUnprepareResources`` on the registered endpoint with
   real protobuf stubs generated from our .protos (tests/dra_pb2.py);
 * ``restart()`` is a kubelet restart: it wipes the node's slices at the API server stand-in (the
@@ -79,13 +85,39 @@ class KubeletDraStandin:
         self.reports: list[HealthReport] = []
         self.health_streams: dict[str, str] = {}  # driver -> the service name of its open stream
         self.health_errors: list[str] = []
-        self._health_tasks: dict[str, asyncio.Task[None]] = {}
-        self.registered: dict[str, str] = {}  # driver -> endpoint
+        self._health_tasks: dict[str, asyncio.Task[None]] = {}  # endpoint -> its health stream
+        self.plugins: dict[str, list[tuple[str, str]]] = {}  # driver -> [(registration socket, endpoint)]
         self.refused: list[str] = []
         self._seen: dict[str, int] = {}  # socket path -> inode registered
         self._task: asyncio.Task[None] | None = None
         self._channels: list[Channel] = []
         self._stubs: dict[str, DRAPluginStub] = {}
+
+    @property
+    def registered(self) -> dict[str, str]:
+        """Driver -> the endpoint calls go to."""
+        return {driver: self._pick(driver) for driver, plugins in self.plugins.items() if plugins}
+
+    def endpoints(self, driver: str) -> list[str]:
+        return [endpoint for _, endpoint in self.plugins.get(driver, ())]
+
+    def _pick(self, driver: str) -> str:
+        plugins = self.plugins[driver]
+        for _, endpoint in reversed(plugins):
+            if os.path.exists(endpoint):
+                return endpoint
+        return plugins[-1][1]
+
+    def _deregister(self, path: str) -> None:
+        for driver, plugins in list(self.plugins.items()):
+            for entry in [p for p in plugins if p[0] == path]:
+                plugins.remove(entry)
+                self._stubs.pop(entry[1], None)
+                task = self._health_tasks.pop(entry[1], None)
+                if task is not None:  # the kubelet cancels the plugin's health stream on removal
+                    task.cancel()
+            if not plugins:
+                del self.plugins[driver]
 
     async def start(self) -> None:
         os.makedirs(self.registry_dir, exist_ok=True)
@@ -107,7 +139,7 @@ class KubeletDraStandin:
     async def restart(self) -> None:
         """Kubelet restart: slices wiped, every plugin registered again."""
         await self.stop()
-        self.registered.clear()
+        self.plugins.clear()
         self._seen.clear()
         if self.api is not None:
             self.api.wipe(self.node)
@@ -132,6 +164,9 @@ class KubeletDraStandin:
                     except (OSError, asyncio.TimeoutError) as exc:
                         self.refused.append(f"{path}: {exc}")
                         self._seen.pop(path, None)
+            for path in [p for p in self._seen if os.path.basename(p) not in names]:
+                del self._seen[path]
+                self._deregister(path)
             await asyncio.sleep(0.02)
 
     async def _register(self, path: str) -> None:
@@ -146,12 +181,15 @@ class KubeletDraStandin:
                 error = f"none of {list(info.supported_versions)} is supported (want v1.DRAPlugin)"
             elif not os.path.exists(info.endpoint):
                 error = f"endpoint {info.endpoint} does not exist"
+            elif info.endpoint in [e for p, e in self.plugins.get(info.name, ()) if p != path]:
+                error = f"endpoint {info.endpoint} already registered for DRA driver plugin {info.name}"
             await asyncio.wait_for(stub.NotifyRegistrationStatus(
                 rpb.RegistrationStatus(plugin_registered=not error, error=error)), 5)
+            self._deregister(path)  # a socket registered again replaces its old registration
             if error:
                 self.refused.append(error)
             else:
-                self.registered[info.name] = info.endpoint
+                self.plugins.setdefault(info.name, []).append((path, info.endpoint))
                 self._start_health(info.name, info.endpoint, list(info.supported_versions))
         finally:
             channel.close()
@@ -166,12 +204,13 @@ class KubeletDraStandin:
         return ""
 
     def _start_health(self, driver: str, endpoint: str, supported: list[str]) -> None:
-        old = self._health_tasks.pop(driver, None)
+        """One stream per registered plugin (endpoint), as the kubelet opens one per connection."""
+        old = self._health_tasks.pop(endpoint, None)
         if old is not None:
             old.cancel()
         service = self._health_service(supported)
         if service:
-            self._health_tasks[driver] = asyncio.create_task(self._watch_health(driver, endpoint, service))
+            self._health_tasks[endpoint] = asyncio.create_task(self._watch_health(driver, endpoint, service))
 
     async def _watch_health(self, driver: str, endpoint: str, service: str) -> None:
         """wait.UntilWithContext(..., 5 s) around NodeWatchResources + HandleWatchResourcesStream."""
@@ -217,18 +256,23 @@ class KubeletDraStandin:
             return "Unknown", ""
         return known.health, known.message
 
-    def _stub(self, driver: str) -> DRAPluginStub:
-        """One connection per endpoint, kept, as the kubelet keeps its gRPC connection."""
-        endpoint = self.registered[driver]
+    def _stub(self, driver: str, endpoint: str | None = None) -> DRAPluginStub:
+        """One connection per endpoint, kept, as the kubelet keeps its gRPC connection. Without
+        ``endpoint``, the one the kubelet would pick; with it, that plugin (it must be registered)."""
+        if endpoint is None:
+            endpoint = self.registered[driver]
+        elif endpoint not in self.endpoints(driver):
+            raise KeyError(f"{endpoint} is not registered for {driver}")
         if endpoint not in self._stubs:
             channel = Channel(path=endpoint)
             self._channels.append(channel)
             self._stubs[endpoint] = DRAPluginStub(channel)
         return self._stubs[endpoint]
 
-    async def prepare(self, driver: str, *claims: tuple[str, str, str]) -> dpb.NodePrepareResourcesResponse:
+    async def prepare(self, driver: str, *claims: tuple[str, str, str],
+                      endpoint: str | None = None) -> dpb.NodePrepareResourcesResponse:
         """Claims as (namespace, name, uid)."""
-        return await self._stub(driver).NodePrepareResources(dpb.NodePrepareResourcesRequest(
+        return await self._stub(driver, endpoint).NodePrepareResources(dpb.NodePrepareResourcesRequest(
             claims=[dpb.Claim(namespace=ns, name=name, uid=uid) for ns, name, uid in claims]))
 
     @staticmethod
@@ -242,9 +286,9 @@ class KubeletDraStandin:
                 if not request or not device.request_names or request in device.request_names
                 for cdi_id in device.cdi_device_ids]
 
-    async def unprepare(self, driver: str,
-                        *claims: tuple[str, str, str]) -> dpb.NodeUnprepareResourcesResponse:
-        return await self._stub(driver).NodeUnprepareResources(dpb.NodeUnprepareResourcesRequest(
+    async def unprepare(self, driver: str, *claims: tuple[str, str, str],
+                        endpoint: str | None = None) -> dpb.NodeUnprepareResourcesResponse:
+        return await self._stub(driver, endpoint).NodeUnprepareResources(dpb.NodeUnprepareResourcesRequest(
             claims=[dpb.Claim(namespace=ns, name=name, uid=uid) for ns, name, uid in claims]))
 
 

@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,9 +142,8 @@ def test_directory_nodes_now_skips_symlinks_and_reports_what_it_cannot_read(tmp_
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="needs root to drop privileges")
-def test_directory_nodes_reports_an_unreadable_subdirectory() -> None:
-    root = Path(tempfile.mkdtemp(prefix="sdm-perm-", dir="/tmp"))  # reachable for nobody
-    root.chmod(0o755)
+def test_directory_nodes_reports_an_unreadable_subdirectory(reachable_tmp: Path) -> None:
+    root = reachable_tmp  # reachable for nobody
     mkdev(root / "snd" / "controlC0", major=116)
     mkdev(root / "snd" / "secret" / "pcm", major=116, minor=2)
     (root / "snd").chmod(0o755)
@@ -170,6 +168,7 @@ async def prepare_in_dra(tmp_path: Path, dev: Path, scanned: dict[str, Any], dev
     from smarter_device_manager.api import dra as dra_pb
     from smarter_device_manager.dra import kube
     from smarter_device_manager.dra.devices import Paths as DraPaths
+    from smarter_device_manager.dra.locks import FileLock
     from smarter_device_manager.dra.node import Checkpoint, NodeService
     from smarter_device_manager.metrics import Metrics
 
@@ -180,7 +179,8 @@ async def prepare_in_dra(tmp_path: Path, dev: Path, scanned: dict[str, Any], dev
         api.add_claim("ns", uid, uid, [{"request": "r", "driver": "d.io", "pool": "n1", "device": device}])
         service = NodeService("d.io", "n1", client, lambda: scanned, lambda: None,
                               DraPaths(str(dev), str(dev)), "smarter-devices", str(tmp_path / "cdi"),
-                              Checkpoint(str(tmp_path / "state")), Metrics())
+                              Checkpoint(str(tmp_path / "state")), Metrics(),
+                              FileLock(str(tmp_path / "state" / "claims.lock")))
         answer = await service.prepare(dra_pb.Claim(namespace="ns", name=uid, uid=uid))
         return str(answer.error)
     finally:

@@ -1,7 +1,7 @@
 """CDI specs: names, versions, the official JSON schema, atomic files, and a real Podman.
 
 The schema is the CDI project's own (schema.json + defs.json), taken from Debian's package of
-the CDI Go library, which .ci/run unpacks; nothing of it is copied into this repo. The Podman
+the CDI Go library, which scripts/test-deps.sh unpacks; nothing of it is copied into this repo. The Podman
 test writes a spec into /var/run/cdi (Podman 4.3 reads only /etc/cdi and /var/run/cdi) under a
 kind unique to the run, starts a busybox container asking for the device by its CDI name, and
 removes the spec again.
@@ -50,22 +50,44 @@ from smarter_device_manager.cdi import (
 
 IN_CI = os.environ.get("CI") == "true"
 # Where Debian's golang-github-container-orchestrated-devices-container-device-interface-dev puts
-# the schema when installed, and where .ci/run unpacks the same .deb instead (it sets
-# SDM_CDI_SCHEMA_DIR to whichever it used).
+# the schema when installed, and where scripts/test-deps.sh unpacks the same .deb instead (test.sh
+# sets SDM_CDI_SCHEMA_DIR to whichever it used; ~/.cache/sdm-ci when not root).
 _SCHEMA_REL = ("usr/share/gocode/src/github.com/container-orchestrated-devices/"
                "container-device-interface/schema")
 _CDI_PKG = "golang-github-container-orchestrated-devices-container-device-interface-dev"
 SCHEMA_DIRS = [d for d in (os.environ.get("SDM_CDI_SCHEMA_DIR"), f"/{_SCHEMA_REL}",
-                           f"/var/cache/sdm-ci/{_CDI_PKG}/{_SCHEMA_REL}") if d]
+                           f"/var/cache/sdm-ci/{_CDI_PKG}/{_SCHEMA_REL}",
+                           os.path.expanduser(f"~/.cache/sdm-ci/{_CDI_PKG}/{_SCHEMA_REL}")) if d]
 # What the CDI library (every version) accepts as a device name.
 CDI_DEVICE_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.:-]*[A-Za-z0-9])?$")
 
 
 def _unavailable(reason: str) -> None:
-    """Skip where a tool is truly absent; in CI it must be there (.ci/run installs it)."""
+    """Skip where a tool is truly absent; in CI it must be there (scripts/test.sh installs it)."""
     if IN_CI:
-        pytest.fail(f"{reason} (.ci/run should have installed it)")
+        pytest.fail(f"{reason} (scripts/test-deps.sh should have installed it)")
     pytest.skip(reason)
+
+
+def test_the_readme_test_command_prepares_what_ci_prepares(tmp_path: Path) -> None:
+    """The README's ./scripts/test.sh skipped the schema tests: only .ci/run fetched the schema
+    and exported SDM_CDI_SCHEMA_DIR. Now CI adds nothing to the command's environment, and
+    test.sh gets the schema, Podman and busybox-static itself (scripts/test-deps.sh)."""
+    root = Path(__file__).resolve().parents[1]
+    ci = (root / ".ci" / "run").read_text()
+    assert "export " not in ci and "SDM_CDI_SCHEMA_DIR" not in ci and "podman" not in ci
+    assert ci.rstrip().endswith("exec ./scripts/test.sh")
+    test_sh = (root / "scripts" / "test.sh").read_text()
+    assert 'eval "$(./scripts/test-deps.sh)"' in test_sh
+    assert test_sh.index("test-deps.sh") < test_sh.index("pytest")
+    # The script names the schema it found, without installing anything when told not to.
+    schema = tmp_path / "schema"
+    schema.mkdir()
+    (schema / "schema.json").write_text("{}")
+    env = {**os.environ, "SDM_TEST_NO_INSTALL": "1", "SDM_CDI_SCHEMA_DIR": str(schema)}
+    found = subprocess.run([str(root / "scripts" / "test-deps.sh")], capture_output=True, text=True,
+                           env=env, timeout=60, check=True)
+    assert found.stdout == f"export SDM_CDI_SCHEMA_DIR={schema}\n"
 
 
 # --- the official schema ---------------------------------------------------------------------
@@ -513,6 +535,48 @@ def test_read_spec_of_a_corrupted_file_is_none(tmp_path: Path, content: bytes) -
     # ... and the next write puts it right, as the daemon does on a tampered file.
     assert write_spec(str(tmp_path), "s.json", big_spec("a", 2)) is True
     assert read_spec(str(tmp_path), "s.json") == big_spec("a", 2)
+
+
+def _without_hanging(fifo: Path, call: Any) -> Any:
+    """Run ``call`` in a thread; if it is still blocked (on the FIFO) after 30 s, release it by
+    opening the FIFO's other end, and fail."""
+    result: list[Any] = []
+    worker = threading.Thread(target=lambda: result.append(call()), daemon=True)
+    worker.start()
+    worker.join(30)
+    if worker.is_alive():
+        if stat.S_ISFIFO(os.lstat(fifo).st_mode):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(30)
+        pytest.fail(f"{call} blocked on the special file at the spec path")
+    return result[0] if result else None
+
+
+@pytest.mark.parametrize("what", ["fifo", "symlink", "symlink to a fifo", "chardev"])
+def test_a_special_file_at_the_spec_path_is_replaced_not_read(tmp_path: Path, what: str) -> None:
+    """Anyone who can write the CDI directory could leave a FIFO (or a link to /dev/zero) at our
+    file's name: the daemon, `dra` and `cdi --write` must not hang on it nor follow it."""
+    if what == "chardev" and not IS_ROOT:
+        pytest.skip("mknod needs root")
+    path = tmp_path / "s.json"
+    outside = tmp_path / "outside"
+    if what == "fifo":
+        os.mkfifo(path)
+    elif what == "symlink":
+        outside.write_text(json.dumps(big_spec("a", 1)))
+        path.symlink_to(outside)
+    elif what == "symlink to a fifo":
+        os.mkfifo(outside)
+        path.symlink_to(outside)
+    else:
+        os.mknod(path, stat.S_IFCHR | 0o644, os.makedev(1, 5))  # /dev/zero: reads never end
+    fifo = outside if what == "symlink to a fifo" else path
+    assert _without_hanging(fifo, lambda: read_spec(str(tmp_path), "s.json")) is None
+    assert _without_hanging(fifo, lambda: write_spec(str(tmp_path), "s.json", big_spec("a", 1))) is True
+    assert stat.S_ISREG(os.lstat(path).st_mode)
+    assert read_spec(str(tmp_path), "s.json") == big_spec("a", 1)
+    if what == "symlink":
+        assert json.loads(outside.read_text()) == big_spec("a", 1)  # untouched, not written through
 
 
 def test_read_and_remove_of_a_missing_file(tmp_path: Path) -> None:

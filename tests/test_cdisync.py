@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -24,8 +25,9 @@ import pytest
 from conftest import Node, mkdev, needs_root
 from fakesysfs import FakeSysfs
 from kubelet_standin import KubeletStandin
-from test_cdi import RUN, CdiSchema, _podman, busybox_image, cdi_schema, run_kind
+from test_cdi import RUN, CdiSchema, _podman, _without_hanging, busybox_image, cdi_schema, run_kind
 
+from smarter_device_manager import mountpolicy
 from smarter_device_manager.cdi import DEFAULT_DIR, read_spec, spec_file_name
 from smarter_device_manager.config import parse_config
 from smarter_device_manager.deviceplugin.cdisync import CdiKeeper, CdiSettings
@@ -97,7 +99,11 @@ class Host:
 
 
 @pytest.fixture
-def host(tmp_path: Path) -> Host:
+def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Host:
+    # The GPS mount's stand-in is in the test's directory, outside the trees a mount may expose:
+    # the deployer's escape hatch allows it, here and in the daemons and commands started.
+    monkeypatch.setattr(mountpolicy, "_extra", (str(tmp_path),))
+    monkeypatch.setenv(mountpolicy.VARIABLE, str(tmp_path))
     return Host(tmp_path)
 
 
@@ -247,7 +253,7 @@ def test_allocate_names_the_devices_the_spec_on_disk_defines(node: Node, tmp_pat
         kubelet = KubeletStandin(str(node.plugins))
         await kubelet.start()
         node.start("--sys-dir", str(host.root / "sys"), "--cdi", "on", "--cdi-dir", str(host.cdi),
-                   "--http-address", "127.0.0.1:0")
+                   "--http-address", "127.0.0.1:0", "--allow-mount-prefix", str(host.root))
         await kubelet.wait_for(lambda: kubelet.healthy("smarter-devices/gps") == 1
                                and kubelet.healthy("smarter-devices/serials") == 2, timeout=30)
         defined = set(edits(host.spec()))
@@ -338,6 +344,64 @@ def test_cdi_command_prints_writes_and_removes(host: Host, cdi_schema: CdiSchema
     assert rows["smarter-devices/serials"]["cdi"] == [f"{KIND}=serials:S1", f"{KIND}=serials:S2"]
     assert sdm("cdi", "--cdi-dir", str(host.cdi), "--remove").returncode == 0
     assert not (host.cdi / SPEC).exists()
+
+
+def test_cdi_command_says_what_it_did(host: Host, tmp_path: Path) -> None:
+    """`--remove` claimed "removed" with nothing there; `--write` into a missing directory
+    printed the daemon's "answering Allocate without CDI" line, and with no device claimed to
+    have written "0 devices: " into it; one device was "1 devices"."""
+    config = host.root / "conf.yaml"
+    config.write_text("- {devicematch: ^video0$, nummaxdevices: 1}\n")
+    common = ["--config", str(config), "--dev-dir", str(host.dev), "--sys-dir", str(host.root / "sys")]
+    gone = sdm("cdi", "--cdi-dir", str(host.cdi), "--remove")
+    assert (gone.returncode, gone.stdout, gone.stderr) == (
+        0, f"nothing to remove: {host.cdi / SPEC} does not exist\n", "")
+    missing = sdm("cdi", *common, "--write", "--cdi-dir", str(tmp_path / "missing"))
+    assert (missing.returncode, missing.stdout) == (1, "")
+    assert missing.stderr == (f"error: CDI directory {tmp_path / 'missing'} does not exist (mount the "
+                              "host's CDI directory there, or run with --cdi off)\n")
+    one = sdm("cdi", *common, "--write", "--cdi-dir", str(host.cdi))
+    assert (one.returncode, one.stdout, one.stderr) == (
+        0, f"wrote {host.cdi / SPEC}: 1 device: {KIND}=video0\n", "")
+    config.write_text("- {devicematch: ^nothing$, nummaxdevices: 1}\n")
+    none = sdm("cdi", *common, "--write", "--cdi-dir", str(host.cdi))
+    assert (none.returncode, none.stdout) == (1, "")
+    assert none.stderr == f"error: no device to put in a CDI spec; {host.cdi / SPEC} not written\n"
+    assert not (host.cdi / SPEC).exists()  # the old spec named a device that is not here
+    assert not (tmp_path / "missing").exists()  # never created
+    (host.cdi / SPEC).write_text("{}")
+    removed = sdm("cdi", "--cdi-dir", str(host.cdi), "--remove")
+    assert (removed.returncode, removed.stdout, removed.stderr) == (0, f"removed {host.cdi / SPEC}\n", "")
+    (tmp_path / "file").write_text("")
+    blocked = sdm("cdi", "--cdi-dir", str(tmp_path / "file"), "--remove")
+    assert blocked.returncode == 1 and blocked.stderr.startswith(f"error: cannot remove {tmp_path}/file/")
+    assert "Traceback" not in blocked.stderr
+
+
+def test_a_fifo_at_the_spec_path_does_not_hang_cdi_write_or_the_keeper(host: Host) -> None:
+    """A FIFO left at our file's name blocked `cdi --write` (and `serve --cdi on`, and `dra`,
+    which share the reader) in open() for good; now it is replaced by the spec."""
+    os.mkfifo(host.cdi / SPEC)
+    config = host.root / "conf.yaml"
+    config.write_text(host.config)
+    try:
+        written = sdm("cdi", "--config", str(config), "--dev-dir", str(host.dev), "--sys-dir",
+                      str(host.root / "sys"), "--write", "--cdi-dir", str(host.cdi))
+    except subprocess.TimeoutExpired:
+        os.close(os.open(host.cdi / SPEC, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("cdi --write hung on a FIFO at the spec path")
+    assert written.returncode == 0, written.stderr
+    assert stat.S_ISREG(os.lstat(host.cdi / SPEC).st_mode)
+    assert "gps" in edits(host.spec())
+    # The daemon's keeper: a FIFO swapped in behind its back is noticed and replaced.
+    keeper = host.keeper()
+    keeper.sync(host.inventory())
+    (host.cdi / SPEC).unlink()
+    os.mkfifo(host.cdi / SPEC)
+    _without_hanging(host.cdi / SPEC, keeper.repair)
+    assert keeper.error is None
+    assert stat.S_ISREG(os.lstat(host.cdi / SPEC).st_mode)
+    assert "gps" in edits(host.spec())
 
 
 @pytest.mark.parametrize(("args", "message"), [

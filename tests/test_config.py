@@ -199,3 +199,68 @@ def test_check_config_cli(tmp_path: Path) -> None:
     assert lines[0].startswith(f"{bad}:1: rule 1: 'devicematch' '[' is not a valid regular")
     assert lines[1].startswith(f"{bad}:2: rule 1: 'nummaxdevices' is -1")
     assert "Traceback" not in ko.stderr
+
+
+# --- libyaml's composer and the pure one give the same answers -------------------------------
+LOADER_CORPUS = [
+    "",
+    "# only a comment\n",
+    "[]\n",
+    "- devicematch: ^video[0-9]*$\n  nummaxdevices: 10\n",
+    "- devicematch: ^video[0-9]*$\r\n  nummaxdevices: 10\r\n",
+    "\ufeff- {devicematch: ^fuse$, nummaxdevices: 1}\n",
+    "# head\n\n- devicematch: ^a$\n  # inside\n  nummaxdevices: 1\n- devicematch: ^a$\n  nummaxdevices: 2\n",
+    "- &r {devicematch: ^a$, nummaxdevices: 1}\n- *r\n",
+    "- {devicematch: ^a$, nummaxdevices: 010}\n- {devicematch: '', nummaxdevices: x}\n- nope\n",
+    "- devicematch: ^a$\n  nummaxdevices: 1\n  devicematch: ^b$\n",
+    "devicematch: ^a$\nnummaxdevices: 1\n",
+    "- {name: gps, attributes: {idVendor: \"1546\"}, nummaxdevices: 1,\n   containerpath: /dev/gps,"
+    " env: {GPS_BAUD: \"9600\"}}\n",
+    "- {devicematch: ^a$, nummaxdevices: 1}\n---\n- {devicematch: ^b$, nummaxdevices: 1}\n",
+    "- {devicematch: ^a$, nummaxdevices: 1\n",
+    "- devicematch: ^a$\n nummaxdevices: 1\n",
+    "- devicematch: ^a$\n\tnummaxdevices: 1\n",
+    "- devicematch: \"^a\\q\"\n",
+    "- devicematch: *nowhere\n",
+    "- !!python/object:os.system {devicematch: x}\n",
+    "- devicematch: '^a$\n",
+    "key: [unclosed\n",
+    "- {devicematch: ^a$, nummaxdevices: 1}\n...\n",
+    "- {devicematch: ^a$, nummaxdevices: 1}\n\x07\n",
+]
+
+
+def _outcome(text: str) -> tuple[object, ...]:
+    try:
+        config = parse_config(text, "conf.yaml")
+    except ConfigError as exc:
+        return ("invalid", tuple(exc.problems))
+    return ("valid", config.rules, config.warnings)
+
+
+@pytest.mark.skipif(not yaml.__with_libyaml__, reason="this PyYAML has no libyaml to compare with")
+@pytest.mark.parametrize("text", [*LOADER_CORPUS, embedded_text(), "".join(
+    f"- {{devicematch: ^d{i % 500}$, nummaxdevices: {i % 3}}}\n" for i in range(2000))])
+def test_libyaml_and_the_pure_composer_give_the_same_problems_and_lines(
+        text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """check-config uses libyaml's composer when PyYAML has it (3 times faster); the pure one
+    is the fallback where it does not (the image). Both must give every file the same rules,
+    warnings and errors with the same line numbers."""
+    import smarter_device_manager.config as config_module
+
+    assert config_module.LOADER is yaml.CSafeLoader
+    fast = _outcome(text)
+    monkeypatch.setattr(config_module, "LOADER", yaml.SafeLoader)
+    assert _outcome(text) == fast
+
+
+def test_the_pure_composer_is_used_without_libyaml() -> None:
+    """Where PyYAML has no libyaml (the image, or a wheel built without it), the fallback is
+    chosen and works: run in a process whose yaml reports no libyaml."""
+    code = ("import yaml; yaml.__with_libyaml__ = False; yaml.CSafeLoader = None\n"
+            "import smarter_device_manager.config as c\n"
+            "assert c.LOADER is yaml.SafeLoader\n"
+            "cfg = c.parse_config('- {devicematch: ^a$, nummaxdevices: 1}\\n', 'x')\n"
+            "print(cfg.rules[0].line)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout) == (0, "1\n"), result.stderr

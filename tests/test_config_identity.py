@@ -158,10 +158,10 @@ def test_nvidia_gpu_keyword_is_a_rule_of_its_own() -> None:
     ("- {subsystem: tty, mounts: [{hostpath: /opt/../etc, containerpath: /x}], nummaxdevices: 1}",
      "conf.yaml:1: rule 1: 'hostpath' '/opt/../etc' must be a plain absolute path without '..', '.', "
      "'//' or a trailing '/'"),
-    ("- {subsystem: tty, mounts: [{hostpath: /opt/x}], nummaxdevices: 1}",
+    ("- {subsystem: tty, mounts: [{hostpath: /usr/share/x}], nummaxdevices: 1}",
      "conf.yaml:1: rule 1: mount needs containerpath, e.g. mounts: [{hostpath: /sys/class/gpio, "
      "containerpath: /sys/class/gpio}]"),
-    ("- {subsystem: tty, containerpath: /dev/x, mounts: [{hostpath: /opt/x, containerpath: /dev/x}], "
+    ("- {subsystem: tty, containerpath: /dev/x, mounts: [{hostpath: /usr/share/x, containerpath: /dev/x}], "
      "nummaxdevices: 1}",
      "conf.yaml:1: rule 1: container path /dev/x is used twice in this rule; give each mount and the "
      "device its own path"),
@@ -209,3 +209,75 @@ def test_selectors_keep_resources_of_unchanged_rules_across_reloads() -> None:
     changed = parse_config(GPS.replace('"A50285BI"', '"OTHER"'), "c")
     assert same.selects(old, "ttyUSB0")
     assert not changed.selects(old, "ttyUSB0")
+
+
+POOL = "- {name: serial, pool: true, subsystem: tty, nummaxdevices: 1, containerpath: /dev/serial}\n"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (POOL + "- {devicematch: ^gps$, nummaxdevices: 1, containerpath: /dev/serial1}\n",
+     "conf.yaml:2: rule 2: container path /dev/serial1 is where pool rule 1 (line 1, containerpath "
+     "/dev/serial) puts its device number 1; a container given both would see one on top of the "
+     "other: use a path that is not /dev/serial followed by digits"),
+    (POOL + "- {devicematch: ^x$, nummaxdevices: 1,\n"
+     "   mounts: [{hostpath: /sys/class/gpio, containerpath: /dev/serial0/gpio}]}\n",
+     "conf.yaml:2: rule 2: container path /dev/serial0/gpio is where pool rule 1 (line 1, containerpath "
+     "/dev/serial) puts its device number 0; a container given both would see one on top of the "
+     "other: use a path that is not /dev/serial followed by digits"),
+    ("- {devicematch: ^gps$, nummaxdevices: 1, containerpath: /dev/serial12}\n" + POOL,
+     "conf.yaml:2: rule 2: pool containerpath /dev/serial puts its device number 12 at /dev/serial12, "
+     "which rule 1 (line 1) uses; a container given both would see one on top of the other: give the "
+     "pool another containerpath, e.g. /dev/serial-"),
+    (POOL.replace("}\n", ", mounts: [{hostpath: /sys/class/gpio, containerpath: /dev/serial3}]}\n"),
+     "conf.yaml:1: rule 1: mount container path /dev/serial3 is where this pool (containerpath "
+     "/dev/serial) puts its device number 3; mount it at a path that is not /dev/serial followed by "
+     "digits"),
+    (POOL + "- {name: other, pool: true, subsystem: tty, nummaxdevices: 1, containerpath: /dev/serial2}\n",
+     "conf.yaml:2: rule 2: pool containerpaths /dev/serial (rule 1) and /dev/serial2 (rule 2) overlap: "
+     "/dev/serial20 is device 0 of one and device 20 of the other (rule 1, line 1); give one pool a "
+     "containerpath that does not end in a digit, e.g. /dev/serial2-"),
+    ("- {name: gps-a, subsystem: tty, nummaxdevices: 1}\n- {name: gps_a, subsystem: tty, nummaxdevices: 1}\n",
+     "conf.yaml:2: rule 2: SMARTER_DEVICES_GPS_A would be set by both name 'gps_a' and name 'gps-a' of "
+     "rule 1 (line 1); a container given both sees one value. Rename one of them: names that differ "
+     "only in '-', '.', '_' or case make one variable, and a pool NAME also sets NAME_IDS"),
+    ("- {name: gps-ids, subsystem: tty, nummaxdevices: 1}\n"
+     "- {name: gps, pool: true, subsystem: tty, nummaxdevices: 1}\n",
+     "conf.yaml:2: rule 2: SMARTER_DEVICES_GPS_IDS would be set by both pool 'gps' (the IDs it hands "
+     "over) and name 'gps-ids' of rule 1 (line 1); a container given both sees one value. Rename one "
+     "of them: names that differ only in '-', '.', '_' or case make one variable, and a pool NAME also "
+     "sets NAME_IDS"),
+    ("- {name: gps, pool: true, subsystem: tty, nummaxdevices: 1}\n"
+     "- {name: gps.ids, subsystem: tty, nummaxdevices: 1}\n",
+     "conf.yaml:2: rule 2: SMARTER_DEVICES_GPS_IDS would be set by both name 'gps.ids' and pool 'gps' "
+     "(the IDs it hands over) of rule 1 (line 1); a container given both sees one value. Rename one "
+     "of them: names that differ only in '-', '.', '_' or case make one variable, and a pool NAME also "
+     "sets NAME_IDS"),
+])
+def test_collisions_in_what_a_container_gets_are_refused(text: str, message: str) -> None:
+    """Pool numbering (/dev/serial0, /dev/serial1, ...) against other paths, and names that make
+    one variable, were accepted: a container given both saw one thing on top of the other."""
+    assert errors(text) == [message]
+
+
+@pytest.mark.parametrize("text", [
+    POOL + "- {devicematch: ^gps$, nummaxdevices: 1, containerpath: /dev/serial-gps}\n",
+    POOL + "- {devicematch: ^gps$, nummaxdevices: 1, containerpath: /dev/serialx1}\n",
+    POOL + "- {name: other, pool: true, subsystem: tty, nummaxdevices: 1, containerpath: /dev/serial-b}\n",
+    "- {name: gps-a, subsystem: tty, nummaxdevices: 1}\n- {name: gps-b, subsystem: tty, nummaxdevices: 1}\n",
+    "- {name: gps, pool: true, subsystem: tty, nummaxdevices: 1}\n- {name: gps-id, subsystem: tty, "
+    "nummaxdevices: 1}\n",
+    "- {name: 'gps-{serial}', subsystem: tty, nummaxdevices: 1}\n- {name: 'gps_{serial}', subsystem: "
+    "tty, nummaxdevices: 1}\n",  # known only on the node
+])
+def test_near_collisions_are_fine(text: str) -> None:
+    parse_config(text, "conf.yaml")
+
+
+def test_the_config_check_computes_variables_as_both_modes_do() -> None:
+    from smarter_device_manager.dra.devices import env_name as dra_env_name
+    from smarter_device_manager.handover import env_name
+    from smarter_device_manager.rulekeys import ENV_PREFIX, variable_part
+
+    for name in ("gps", "usb-serial", "a.b_c-D", "net_tun", "x9"):
+        assert ENV_PREFIX + variable_part(name) == env_name(f"smarter-devices/{name}") \
+            == dra_env_name("smarter-devices", name)

@@ -84,6 +84,10 @@ def test_dra_objects(chart: helm.Chart) -> None:
     assert {"--removal-grace=300", "--unplugged-taint-effect=NoSchedule"} <= set(container["args"])
     env = {e["name"]: e for e in container["env"]}
     assert env["SDM_NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    # rolling updates without downtime: the new pod beside the old one, sockets named by pod UID
+    assert env["SDM_POD_UID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.uid"}}
+    assert daemonset["spec"]["updateStrategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     assert spec["automountServiceAccountToken"] is True
     assert spec["serviceAccountName"] == "sdm-smarter-device-manager-dra"
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
@@ -104,7 +108,8 @@ def test_dra_objects(chart: helm.Chart) -> None:
     role = named["ClusterRole", "sdm-smarter-device-manager-dra"]
     rules = {tuple(r["resources"]): set(r["verbs"]) for r in role["rules"]}
     assert rules == {("resourceslices",): {"get", "list", "watch", "create", "update", "delete"},
-                     ("resourceclaims",): {"get"}}
+                     ("resourceclaims",): {"get"}, ("nodes",): {"get"}}
+    assert next(r for r in role["rules"] if r["resources"] == ["nodes"])["apiGroups"] == [""]
     binding = named["ClusterRoleBinding", "sdm-smarter-device-manager-dra"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "sdm-smarter-device-manager-dra",
                                     "namespace": "devices"}]

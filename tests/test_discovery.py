@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -178,8 +177,8 @@ def test_names_colliding_or_rejected_do_not_hide_others(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="needs root to drop privileges")
-def test_unreadable_subdirectory_is_reported_and_the_rest_scanned() -> None:
-    tmp_path = Path(tempfile.mkdtemp(prefix="sdm-perm-", dir="/tmp"))  # reachable for nobody
+def test_unreadable_subdirectory_is_reported_and_the_rest_scanned(reachable_tmp: Path) -> None:
+    tmp_path = reachable_tmp  # reachable for nobody
     mkdev(tmp_path / "video0")
     mkdev(tmp_path / "secret" / "video1")
     (tmp_path / "secret").chmod(0)

@@ -160,3 +160,36 @@ def test_this_machines_real_sysfs(tmp_path: Path) -> None:
                           "nummaxdevices: 1}\n", "c")
     found = discover(str(dev), config, "smarter-devices", "/sys")
     assert list(found.resources) == ["mem-1_3"]
+
+
+def test_list_quotes_what_is_not_printable(tree: Tree) -> None:
+    """A product string with newlines and escape codes drew a fake "not selected by any rule"
+    section (and could clear the screen); a /dev name can hold the same. `list` shows them
+    escaped, one token each; the JSON output keeps the real strings."""
+    import json
+    import subprocess
+    import sys
+
+    # No space in it (a value with a space was quoted already): tabs look the same on a terminal.
+    forged = "FT232R\n\nnot\tselected\tby\tany\trule:\n\t/dev/forged\x1b[2J\x1b[31mred"
+    tree.plug(tree.fake.usb_serial("1-1.3", "ttyUSB0", None, vid="0403", pid="6001",
+                                   manufacturer="FTDI", product=forged, serial="A1\u202eB",
+                                   driver="ftdi_sio"))
+    mkdev(tree.dev / "odd\nname", major=1, minor=3)
+    config = tree.dev.parent / "c.yaml"
+    config.write_text('- {name: "f-{idVendor}", attributes: {idVendor: "0403"}, nummaxdevices: 1}\n'
+                      "- {devicematch: '^odd', nummaxdevices: 1}\n")
+    base = [sys.executable, "-m", "smarter_device_manager", "list", "--config", str(config),
+            "--dev-dir", str(tree.dev), "--sys-dir", str(tree.sys)]
+    table = subprocess.run(base, capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0, table.stderr
+    assert "\nnot\tselected" not in table.stdout and "\x1b" not in table.stdout
+    assert all(c.isprintable() for line in table.stdout.splitlines() for c in line)
+    assert all(c.isprintable() for line in table.stderr.splitlines() for c in line)
+    assert f"product={forged!r}" in table.stdout
+    assert "serial='A1\\u202eB'" in table.stdout
+    assert "'/dev/odd\\nname'" in table.stdout
+    listed = json.loads(subprocess.run([*base, "-o", "json"], capture_output=True, text=True,
+                                       timeout=60, check=True).stdout)
+    assert [d["summary"]["product"] for r in listed for d in r["devices"] if "summary" in d
+            and "product" in d["summary"]] == [forged]

@@ -118,7 +118,7 @@ def test_tainted_slices_keep_the_servers_time_added_and_write_nothing_more(tmp_p
     unplugged = Unplugged("d.io", 300)
     unplugged.update(all_, present, lambda d: True, 1.0)
     observed = _stored(desired_specs("n", "d.io", list(all_.values()), 1))
-    writes = plan("n", "d.io", list(present.values()), observed, {}, unplugged.entries())
+    writes = plan("n", "d.io", list(present.values()), observed, {}, unplugged=unplugged.entries())
     assert [w.verb for w in writes] == ["update"]
     assert writes[0].body is not None
     sent = writes[0].body["spec"]["devices"]
@@ -126,17 +126,17 @@ def test_tainted_slices_keep_the_servers_time_added_and_write_nothing_more(tmp_p
     assert sent[1]["taints"] == [{"key": KEY, "effect": "NoSchedule"}], "no timeAdded: the server sets it"
     stored = _stored({writes[0].name: writes[0].body["spec"]}, 8)
     _server_sets_time_added(stored, "2026-05-01T10:00:00Z")
-    assert plan("n", "d.io", list(present.values()), stored, {}, unplugged.entries()) == [], \
+    assert plan("n", "d.io", list(present.values()), stored, {}, unplugged=unplugged.entries()) == [], \
         "the server's timeAdded counts as ours"
     # another device changes: the update carries the server's timeAdded back, unchanged
     fewer = {k: v for k, v in present.items() if k != "x0002"}
-    again = plan("n", "d.io", list(fewer.values()), stored, {}, unplugged.entries())
+    again = plan("n", "d.io", list(fewer.values()), stored, {}, unplugged=unplugged.entries())
     assert again[0].body is not None
     assert again[0].body["spec"]["devices"][1]["taints"][0]["timeAdded"] == "2026-05-01T10:00:00Z"
     # another effect is another taint: the server gives it a time of its own
     other = Unplugged("d.io", 300, "NoExecute")
     other.update(all_, present, lambda d: True, 1.0)
-    moved = plan("n", "d.io", list(present.values()), stored, {}, other.entries())
+    moved = plan("n", "d.io", list(present.values()), stored, {}, unplugged=other.entries())
     assert moved[0].body is not None and "timeAdded" not in moved[0].body["spec"]["devices"][1]["taints"][0]
 
 
@@ -148,7 +148,7 @@ def test_slices_are_cut_at_64_devices_while_any_device_is_tainted(tmp_path: Path
     unplugged = Unplugged("d.io", 300)
     unplugged.update(all_, present, lambda d: True, 1.0)
     observed = _stored(desired_specs("n", "d.io", list(all_.values()), 1))
-    tainted = plan("n", "d.io", list(present.values()), observed, {}, unplugged.entries())
+    tainted = plan("n", "d.io", list(present.values()), observed, {}, unplugged=unplugged.entries())
     assert [(w.verb, len(w.body["spec"]["devices"]) if w.body else 0) for w in tainted] == \
         [("update", 64), ("create", 36)]
     assert all(w.body and w.body["spec"]["pool"] == {"name": "n", "generation": 2, "resourceSliceCount": 2}

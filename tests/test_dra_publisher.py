@@ -55,11 +55,13 @@ def published(api: FakeApiServer) -> set[str]:
 @asynccontextmanager
 async def publishing(tmp_path: Path, *names: str) -> AsyncIterator[tuple[FakeApiServer, Publisher]]:
     api = FakeApiServer()
+    api.add_node(NODE, "node-uid-1")  # the writer reads its Node once, for the slices' owner
     await api.start()
     client = kube.KubeClient(kube.load_kubeconfig(api.kubeconfig(str(tmp_path / "kc"))))
     publisher = Publisher(client, NODE, DRIVER, Metrics(FAMILIES))
     publisher.set_devices([device(n) for n in names])
     publisher.enable()
+    publisher.lead()  # the only instance: it holds publisher.lock (locks.py)
     task = asyncio.create_task(publisher.run())
     try:
         yield api, publisher

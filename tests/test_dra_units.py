@@ -21,6 +21,7 @@ from smarter_device_manager.config import load_config
 from smarter_device_manager.discovery import discover
 from smarter_device_manager.dra import kube
 from smarter_device_manager.dra.devices import DraDevice, dra_devices, label
+from smarter_device_manager.dra.locks import FileLock
 from smarter_device_manager.dra.node import Checkpoint, entry_problem
 from smarter_device_manager.dra.slices import Echo, desired_specs, device_entry, plan, slice_name
 from smarter_device_manager.rules import Config
@@ -526,6 +527,9 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     ([], {"SDM_CDI_DIR": "cdi"}, "not an absolute path"),
     (["--http-address", "nope"], {}, "is not HOST:PORT"),
     ([], {"SDM_LOG_LEVEL": "loud"}, "invalid choice"),
+    (["--pod-uid", "Pod/../x"], {}, "is not a pod UID"),
+    (["--pod-uid", "a" * 37], {}, "at most 36 characters"),
+    ([], {"SDM_POD_UID": "-6f1c1d7e"}, "is not a pod UID"),
 ])
 def test_dra_options_are_checked_from_flags_and_environment(args: list[str], env: dict[str, str],
                                                            message: str) -> None:
@@ -543,6 +547,14 @@ def test_dra_start_errors_are_clear(tmp_path: Path) -> None:
     assert bad_kc.returncode == 2 and "No such file" in bad_kc.stderr
     (tmp_path / "kc").write_text("[]")
     assert "not a kubeconfig" in _cli("dra", "--node-name", "n", "--kubeconfig", str(tmp_path / "kc")).stderr
+    api = FakeApiServer()
+    api.port = 1
+    long_dir = "/" + "r" * 60
+    too_long = _cli("dra", "--node-name", "n", "--kubeconfig", api.kubeconfig(str(tmp_path / "kc2")),
+                    "--kubelet-registry-dir", long_dir, "--pod-uid", "6f1c1d7e-0b1f-4c35-9f55-3b0f1f0c2a9e",
+                    "--dev-dir", str(tmp_path))
+    assert too_long.returncode == 2, too_long.stderr
+    assert "longer than a unix socket path may be (107); shorten --kubelet-registry-dir" in too_long.stderr
 
 
 def test_serve_loads_nothing_of_dra_mode(tmp_path: Path) -> None:
@@ -599,7 +611,7 @@ def test_prepare_refuses_what_it_cannot_prepare_and_cleans_up(tmp_path: Path) ->
         checkpoint = Checkpoint(str(tmp_path / "state"))
         service = NodeService("d.io", "n1", client, lambda: current, lambda: None,
                               Paths(str(dev), str(dev)), "smarter-devices", str(tmp_path / "cdi"),
-                              checkpoint, Metrics())
+                              checkpoint, Metrics(), FileLock(str(tmp_path / "state" / "claims.lock")))
 
         async def prepare(name: str, results: list[dict[str, Any]] | None, uid: str = "") -> str:
             if results is not None:
@@ -623,10 +635,135 @@ def test_prepare_refuses_what_it_cannot_prepare_and_cleans_up(tmp_path: Path) ->
         assert checkpoint.claims == {}, "nothing failed is remembered"
         (dev / "video0").unlink()
         mkdev(dev / "video0", major=81, minor=0)
-        (tmp_path / "state" / "checkpoint.json").mkdir()  # unwritable, even for root
+        (tmp_path / "state" / f"checkpoint.json.{os.getpid()}.tmp").mkdir()  # unwritable, even for root
         assert "cannot write the checkpoint" in await prepare("cam2", [
             {"request": "r", "driver": "d.io", "pool": "n1", "device": "video0"}])
         assert checkpoint.claims == {}
+        await client.close()
+        await api.stop()
+    _run(scenario())
+
+
+# --- rolling updates, owners, adminAccess ------------------------------------------------------------------
+def test_file_lock_is_exclusive_between_processes_and_waits_without_blocking(tmp_path: Path) -> None:
+    from smarter_device_manager.dra.locks import FileLock, LockTimeout
+
+    path = str(tmp_path / "claims.lock")
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({path!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\nsys.stdin.readline()\n")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdin is not None
+    assert holder.stdout.readline().strip() == "held"
+    lock = FileLock(path)
+
+    async def scenario() -> None:
+        assert not lock.try_acquire()
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        ticker = asyncio.create_task(tick())
+        with pytest.raises(LockTimeout, match=r"stayed locked by another process for 0\.3 s"):
+            await lock.acquire(0.3, poll=0.05)
+        assert ticks >= 5, "the loop kept running while waiting"
+        holder.stdin.write("\n")  # type: ignore[union-attr]
+        holder.stdin.flush()  # type: ignore[union-attr]
+        await lock.acquire(30, poll=0.05)
+        assert lock.held
+        ticker.cancel()
+    try:
+        _run(scenario())
+    finally:
+        holder.kill()
+        holder.wait()
+        lock.close()
+
+
+def test_slices_name_their_node_as_owner_and_old_slices_get_it_with_one_update(tmp_path: Path) -> None:
+    from smarter_device_manager.dra.slices import owner_reference
+
+    owner = owner_reference("n1", "node-uid-1")
+    assert owner == {"apiVersion": "v1", "kind": "Node", "name": "n1", "uid": "node-uid-1",
+                     "controller": True}
+    devices = _fake_devices(tmp_path, 1)
+    [create] = plan("n1", "d.io", devices, {}, {}, owner)
+    assert create.verb == "create" and create.body is not None
+    assert create.body["metadata"]["ownerReferences"] == [owner]
+    stored = {create.name: {**create.body, "metadata": {**create.body["metadata"], "resourceVersion": "5"}}}
+    assert plan("n1", "d.io", devices, stored, {}, owner) == []
+    # published before slices had owners: one update adds it (same object, so the same uid)
+    old = {create.name: {**stored[create.name], "metadata": {"name": create.name, "resourceVersion": "5"}}}
+    [update] = plan("n1", "d.io", devices, old, {}, owner)
+    assert update.verb == "update" and update.body is not None
+    assert update.body["metadata"]["ownerReferences"] == [owner]
+    assert update.body["metadata"]["resourceVersion"] == "5"
+    assert plan("n1", "d.io", devices, old, {}, None) == [], "owner not known yet: not checked"
+
+
+@needs_root
+def test_admin_access_claims_get_held_devices_and_normal_claims_do_not(tmp_path: Path) -> None:
+    from smarter_device_manager.api import dra as pb
+    from smarter_device_manager.dra.devices import Paths
+    from smarter_device_manager.dra.node import NodeService
+    from smarter_device_manager.metrics import Metrics
+
+    dev = tmp_path / "dev"
+    mkdev(dev / "ttyUSB0", major=188, minor=0)
+    mkdev(dev / "video0", major=81, minor=0)
+    config = _config(tmp_path, "- devicematch: ^ttyUSB0$\n  nummaxdevices: 1\n"
+                               "- devicematch: ^video0$\n  nummaxdevices: 3\n")
+    inventory = discover(str(dev), config, "smarter-devices", None)
+    devices, _ = dra_devices(inventory, "smarter-devices", str(dev), None)
+    current = {d.name: d for d in devices}
+    (tmp_path / "state").mkdir()
+    (tmp_path / "cdi").mkdir()
+
+    async def scenario() -> None:
+        api = FakeApiServer()
+        await api.start()
+        client = kube.KubeClient(kube.load_kubeconfig(api.kubeconfig(str(tmp_path / "kc"))))
+        checkpoint = Checkpoint(str(tmp_path / "state"))
+        service = NodeService("d.io", "n1", client, lambda: current, lambda: None,
+                              Paths(str(dev), str(dev)), "smarter-devices", str(tmp_path / "cdi"),
+                              checkpoint, Metrics(), FileLock(str(tmp_path / "state" / "claims.lock")))
+
+        async def prepare(name: str, device: str, **extra: Any) -> str:
+            api.add_claim("ns", name, f"u-{name}", [
+                {"request": "r", "driver": "d.io", "pool": "n1", "device": device, **extra}])
+            answer = await service.prepare(pb.Claim(namespace="ns", name=name, uid=f"u-{name}"))
+            return answer.error
+
+        async def unprepare(name: str) -> str:
+            answer = await service.unprepare(pb.Claim(namespace="ns", name=name, uid=f"u-{name}"))
+            return answer.error
+
+        # a device of one claim at a time (nummaxdevices 1)
+        assert await prepare("first", "ttyusb0") == ""
+        refused = await prepare("second", "ttyusb0")
+        assert "device ttyusb0 is still prepared on this node for ns/first (one claim at a time)" in refused
+        assert "u-second" not in checkpoint.claims
+        assert await prepare("monitor", "ttyusb0", adminAccess=True) == "", "adminAccess: prepared anyway"
+        assert checkpoint.claims["u-monitor"]["devices"][0]["admin"] is True
+        assert await prepare("second", "ttyusb0") != "", "the admin claim did not free it"
+        assert await unprepare("first") == ""
+        assert await prepare("second", "ttyusb0") == "", "the admin claim does not count"
+        # shares (nummaxdevices 3): a claim may take several
+        assert await prepare("big", "video0", consumedCapacity={"shares": "2"}) == ""
+        assert await prepare("small", "video0") == ""
+        full = await prepare("more", "video0")
+        assert "3 shares, 3 of them taken" in full and "ns/big, ns/small" in full
+        assert await prepare("watch", "video0", adminAccess=True) == ""
+        # entries from before this check (no "admin" key) are not counted
+        assert await unprepare("small") == ""
+        checkpoint.claims["u-big"]["devices"][0].pop("admin")
+        checkpoint.save()
+        assert await prepare("more", "video0", consumedCapacity={"shares": "3"}) == ""
         await client.close()
         await api.stop()
     _run(scenario())
@@ -699,7 +836,8 @@ def test_prepare_refuses_a_name_whose_node_is_another_device_now(tmp_path: Path)
         client = kube.KubeClient(kube.load_kubeconfig(api.kubeconfig(str(tmp_path / "kc"))))
         service = NodeService("d.io", "n1", client, lambda: current, lambda: None,
                               Paths(str(dev), str(dev), sys_dir), "smarter-devices", str(tmp_path / "cdi"),
-                              Checkpoint(str(tmp_path / "state")), Metrics())
+                              Checkpoint(str(tmp_path / "state")), Metrics(),
+                              FileLock(str(tmp_path / "state" / "claims.lock")))
         # Unplugged and another modem enumerated as ttyACM0 (same numbers), before any rescan.
         sysfs.unplug(ublox)
         modem = sysfs.ublox(port="1-1.5", node="ttyACM0", serial="OTHER")

@@ -26,6 +26,7 @@ pytestmark = [needs_root, pytest.mark.e2e]
 DRIVER = "smarter-devices.io"
 NODE = "node-a"
 SLICE = f"{NODE}-{DRIVER}-0"
+NODE_UID = "5b0f8a7c-2d41-4e57-9a0e-0c1d2e3f4a5b"
 CONFIG = """\
 - name: usb-serial
   pool: true
@@ -114,6 +115,7 @@ async def dra_node(node: Node, sys_root: Path, config: str = CONFIG, cdi_dir: bo
     if cdi_dir:  # the host's, mounted by the chart (hostPath DirectoryOrCreate); never the daemon's job
         (node.root / "cdi").mkdir(exist_ok=True)
     api = FakeApiServer()
+    api.add_node(NODE, NODE_UID)
     await api.start()
     if kubelet is None:
         kubelet = KubeletDraStandin(str(node.root / "plugins_registry"), NODE, api)

@@ -66,7 +66,10 @@ def unplug(node: Node, sysfs: FakeSysfs, device: FakeDevice) -> None:
 
 
 def start(node: Node, sys_root: Path, *extra: str) -> None:
-    node.start("--sys-dir", str(sys_root), "--removal-grace", "60", *extra)
+    # The GPIO mount's stand-in lives in the test's directory: outside the trees a mount may
+    # expose, so the deployer's escape hatch allows it.
+    node.start("--sys-dir", str(sys_root), "--removal-grace", "60", "--allow-mount-prefix",
+               str(node.root), *extra)
 
 
 def healthy(kubelet: KubeletStandin, resource: str, ids: list[str]) -> bool:
@@ -264,7 +267,7 @@ def test_bad_devices_are_skipped_and_the_rest_is_served(node: Node, tmp_path: Pa
 - name: gpio
   devicematch: ^ttyS
   nummaxdevices: 1
-  mounts: [{hostpath: /nonexistent/gpio, containerpath: /sys/class/gpio}]
+  mounts: [{hostpath: /sys/class/nonexistent-gpio, containerpath: /sys/class/gpio}]
 """)
     mkdev(node.dev / "ttyS0", major=4, minor=64)
 
@@ -279,7 +282,8 @@ def test_bad_devices_are_skipped_and_the_rest_is_served(node: Node, tmp_path: Pa
                      "parents lack", timeout=30)
         log.wait_log("/dev/ttyACM0, /dev/ttyACM1 all map to the resource name smarter-devices/gps; give "
                      "the rule 'pool: true', or a name template such as 'gps-{serial}'", timeout=30)
-        log.wait_log("rule 3: mount source /nonexistent/gpio does not exist on this node", timeout=30)
+        log.wait_log("rule 3: mount source /sys/class/nonexistent-gpio does not exist on this node",
+                     timeout=30)
         log.wait_log("/dev/ttyUSB9 (rule 1): name 'serial-{serial}' needs attribute 'serial', which the "
                      "device and its parents lack (no sysfs entry for it)", timeout=30)
         assert sorted(kubelet.plugins) == ["smarter-devices/serial-A50285BI"]

@@ -44,6 +44,8 @@ PERMISSIONS = "rw"
 # options hold "bind" as a bind mount, and the type field would only be a dummy).
 READ_ONLY_BIND = ("ro", "nosuid", "nodev", "bind")
 FILE_MODE = 0o644
+# More than any spec we write (1,000 devices take about 250 KB): a larger file is not ours.
+SPEC_MAX = 64 << 20
 
 # The spec's released versions, oldest first. 0.1.0 and 0.2.0 predate the tagged spec and no
 # library accepts anything older than 0.3.0 as a floor; 0.8.0 and 1.0.0 changed only the Go API.
@@ -200,10 +202,15 @@ def _device_entry(device: CdiDevice) -> dict[str, Any]:
     if device.nodes:
         edits["deviceNodes"] = [_node_edit(device.name, node) for node in device.nodes]
     if device.mounts:
+        from smarter_device_manager.mountpolicy import host_problem
+
         for host, container in device.mounts:
             if not host.startswith("/") or not container.startswith("/"):
                 raise CdiError(f"CDI device {device.name!r}: mount {host!r} -> {container!r} "
                                "needs absolute paths")
+            problem = host_problem(host, missing_ok=True)  # a socket or FIFO never goes in
+            if problem:
+                raise CdiError(f"CDI device {device.name!r}: {problem}")
         edits["mounts"] = [
             {"hostPath": host, "containerPath": container, "options": list(READ_ONLY_BIND)}
             for host, container in device.mounts
@@ -321,12 +328,8 @@ def write_spec(cdi_dir: str, file_name: str, spec: dict[str, Any]) -> bool:
         raise ValueError(f"not a plain file name: {file_name!r}")
     data = _encode(spec)
     path = os.path.join(cdi_dir, file_name)
-    try:
-        with open(path, "rb") as existing:
-            if existing.read(len(data) + 1) == data:
-                return False
-    except (FileNotFoundError, IsADirectoryError):
-        pass
+    if _read_regular(path, len(data) + 1) == data:
+        return False
     # Hidden and not ending in .json/.yaml: CDI caches watching the directory skip it.
     tmp = os.path.join(cdi_dir, f".{file_name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
@@ -365,15 +368,51 @@ def _fsync_dir(path: str) -> None:
 def read_spec(cdi_dir: str, file_name: str) -> dict[str, Any] | None:
     """The spec in the file, or None when it is missing, unreadable or not a JSON object:
     anything that is not what we wrote counts as tampered and is written again."""
+    data = _read_regular(os.path.join(cdi_dir, file_name), SPEC_MAX)
+    if data is None:
+        return None
     try:
-        with open(os.path.join(cdi_dir, file_name), "rb") as f:
-            loaded = json.loads(f.read())
-    except (OSError, ValueError):
+        loaded = json.loads(data)
+    except ValueError:
         return None
     return loaded if isinstance(loaded, dict) else None
 
 
-def remove_spec(cdi_dir: str, file_name: str) -> None:
-    """Delete the spec file; a missing one is already what we want."""
-    with contextlib.suppress(FileNotFoundError):
+def _read_regular(path: str, limit: int) -> bytes | None:
+    """Up to ``limit`` bytes of ``path`` if it is a regular file; None for anything else.
+
+    The CDI directory is shared with the runtime and whoever else can write it: a FIFO put at
+    our file's name would block a plain open() forever (the daemon, ``dra`` and ``cdi --write``
+    would hang), a device node could be read without end, and a symlink could point anywhere.
+    So the open does not follow a symlink nor wait for a writer, and only a regular file is
+    read; whatever else is there counts as "not our spec" and is replaced by the rename.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        chunks: list[bytes] = []
+        left = limit
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def remove_spec(cdi_dir: str, file_name: str) -> bool:
+    """Delete the spec file; False when there was none (already what we want)."""
+    try:
         os.unlink(os.path.join(cdi_dir, file_name))
+    except FileNotFoundError:
+        return False
+    return True

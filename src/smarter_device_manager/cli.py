@@ -22,6 +22,7 @@ from smarter_device_manager.options import (
     cdi_options,
     discovery_options,
     load_or_exit,
+    mount_prefix_option,
     resolve_config,
 )
 
@@ -73,6 +74,7 @@ def _add_command(sub: Any, name: str) -> Parser:
     check: Parser = sub.add_parser("check-config",
                                    help="validate a config file: exit 0 if valid, 2 if not")
     check.add_argument("path")
+    mount_prefix_option(check)
     return check
 
 
@@ -86,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     command = parser.commands.get(args.command)
     if command is not None:
         command.take_env(args)
+    if getattr(args, "allow_mount_prefix", None):
+        from smarter_device_manager import mountpolicy
+
+        mountpolicy.allow(args.allow_mount_prefix)
     try:
         if args.command == "check-config":
             return _check_config(args.path)
@@ -128,7 +134,7 @@ def _check_config(path: str) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     from smarter_device_manager.discovery import discover
-    from smarter_device_manager.listing import describe_inventory, render_table
+    from smarter_device_manager.listing import describe_inventory, printable, render_table
 
     config = load_or_exit(resolve_config(args.config)[0])
     if config is None:
@@ -136,7 +142,7 @@ def _list(args: argparse.Namespace) -> int:
     inventory = discover(args.dev_dir, config, args.resource_prefix, args.sys_dir,
                          args.pass_device_specs)
     for problem in inventory.problems:
-        print(f"warning: {problem}", file=sys.stderr)
+        print(f"warning: {printable(problem)}", file=sys.stderr)
     rows = describe_inventory(inventory, args.resource_prefix, args.dev_dir, args.sys_dir, args.all)
     if args.cdi == "on":
         _add_cdi_names(rows, inventory, args.cdi_kind)

@@ -543,15 +543,18 @@ def discover(dev_dir: str, config: Config, prefix: str, sys_dir: str | None = "/
 
 
 def _rules_with_missing_mounts(config: Config, problems: list[str]) -> set[int]:
-    """Rules whose mount sources are missing: their devices are not exported (a
+    """Rules whose mount sources are missing or refused (a socket, FIFO or device node, or a
+    symlink out of the allowed trees: see mountpolicy): their devices are not exported (a
     container started without the files it was promised fails in confusing ways)."""
+    from smarter_device_manager.mountpolicy import host_problem
+
     unusable: set[int] = set()
     for rule in config.rules:
-        missing = [m.host_path for m in rule.mounts if not os.path.exists(m.host_path)]
-        if missing:
+        refused = [p for p in (host_problem(m.host_path) for m in rule.mounts) if p]
+        if refused:
             unusable.add(rule.index)
-            problems.append(f"rule {rule.index}: mount source {', '.join(missing)} does not exist on "
-                            "this node; the rule's devices are not exported until it does")
+            problems.append(f"rule {rule.index}: {'; '.join(refused)}; the rule's devices are not "
+                            "exported until that is put right")
     return unusable
 
 

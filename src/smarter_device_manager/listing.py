@@ -124,19 +124,38 @@ def render_table(rows: list[dict[str, Any]]) -> str:
             lines.append("")
             lines.append("not selected by any rule:")
         else:
-            lines.append(f"{row['resource']:<{width}}  {row['count']:>5}  {' '.join(row['paths'])}")
+            paths = " ".join(_quote(p) for p in row["paths"])
+            lines.append(f"{row['resource']:<{width}}  {row['count']:>5}  {paths}")
         for device in row["devices"]:
             lines.append("    " + _device_line(device))
     return "\n".join(lines) + "\n"
 
 
 def _device_line(device: dict[str, Any]) -> str:
-    head = device["path"] + (f" [{device['identity']}]" if device.get("identity") else "")
+    head = _quote(device["path"]) + (f" [{_quote(device['identity'])}]" if device.get("identity") else "")
     if "error" in device:
-        return f"{head}  (no sysfs: {device['error']})"
-    pairs = [f"{k}={_quote(v)}" for k, v in device["summary"].items()]
+        return f"{head}  (no sysfs: {_quote(device['error'], spaces=True)})"
+    pairs = [f"{_quote(k)}={_quote(v)}" for k, v in device["summary"].items()]
     return f"{head}  {' '.join(pairs)}"
 
 
-def _quote(value: str) -> str:
-    return repr(value) if (" " in value or not value) else value
+def printable(text: str) -> str:
+    """``text`` with each character that is not printable written as its escape (``\\n``,
+    ``\\x1b``): for messages that quote device names or sysfs strings, e.g. discovery's
+    warnings, which ``list`` prints to the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _quote(value: str, spaces: bool = False) -> str:
+    """``value`` as it may go on a terminal: as is when plain, else as a Python literal.
+
+    Everything here comes from the node: sysfs strings are whatever a USB device reports (a
+    product string may hold newlines and escape sequences, which drew a fake "not selected by any
+    rule" section), and /dev names are whatever made them. ``repr`` escapes every character that
+    is not printable (``\\n``, ``\\x1b``, ``\\u202e``), so one value stays one visible token.
+    """
+    if value.isprintable() and value and (spaces or " " not in value):
+        return value
+    return repr(value)

@@ -190,6 +190,25 @@ def sys_dir(text: str) -> str:
     return os.path.abspath(text)
 
 
+def allow_mount_prefixes(text: str) -> tuple[str, ...]:
+    from smarter_device_manager.mountpolicy import parse_prefixes
+
+    try:
+        return parse_prefixes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def mount_prefix_option(parser: Parser) -> None:
+    """The escape hatch of the mounts allowlist (see mountpolicy): for whoever deploys the
+    daemon, so it is an option or variable, never a key of the rules file."""
+    parser.add_env_option("--allow-mount-prefix", allow_mount_prefixes, "", metavar="DIR[:DIR...]",
+                          help="also let rules' mounts expose host paths under these directories "
+                          "(beyond /sys/class, /sys/bus, /sys/devices, /sys/firmware/devicetree, "
+                          "firmware and /usr/share); anything a mount exposes is readable by every "
+                          "pod given the device")
+
+
 def discovery_options(parser: Parser) -> None:
     parser.add_env_option("--config", config_path, None, metavar="PATH",
                           help=f"rules file (default {DEFAULT_CONFIG}, or the embedded default "
@@ -201,6 +220,7 @@ def discovery_options(parser: Parser) -> None:
     parser.add_env_option("--sys-dir", sys_dir, "/sys", metavar="DIR",
                           help="the sysfs root that attribute rules, name templates, pools and "
                           "nvidia-gpu read (default /sys)")
+    mount_prefix_option(parser)
     parser.add_env_option("--pass-device-specs", boolean, "false", metavar="BOOL", nargs="?",
                           const="true",
                           help="nvidia-gpu: also hand over /dev/nvidiactl, nvidia-uvm, nvidia-uvm-tools "
@@ -234,3 +254,14 @@ def config_watch_dir(path: str | None) -> str | None:
     there: nothing to watch)."""
     watch_dir = os.path.dirname(os.path.abspath(path or DEFAULT_CONFIG))
     return watch_dir if os.path.isdir(watch_dir) else None
+
+
+def daemon_options(parser: Parser) -> None:
+    """What every long-running subcommand (``serve``, ``dra``, ``dra-classes``) offers the same way:
+    what to log, how, and the HTTP listener for probes and metrics."""
+    parser.add_env_option("--log-level", choice("debug", "info", "warning", "error"), "info",
+                          metavar="{debug,info,warning,error}", help="what to log (default info)")
+    parser.add_env_option("--log-format", choice("text", "json"), "text", metavar="{text,json}",
+                          help="log lines as text, or json with one object per line (default text)")
+    parser.add_env_option("--http-address", parse_address, "", metavar="HOST:PORT",
+                          help="serve /healthz /readyz /metrics on HOST:PORT (default: off)")

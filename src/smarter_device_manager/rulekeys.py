@@ -12,6 +12,7 @@ import re
 
 import yaml
 
+from smarter_device_manager import mountpolicy
 from smarter_device_manager.rules import Mount, Rule
 
 KNOWN_KEYS = ("devicematch", "nummaxdevices", "name", "subsystem", "attributes", "pool",
@@ -26,9 +27,16 @@ WELL_KNOWN_ATTRIBUTES = ("idVendor", "idProduct", "serial", "manufacturer", "pro
                          "subsystem")
 # A variable prefix the daemon writes itself (which devices a container got, and where).
 ENV_PREFIX = "SMARTER_DEVICES_"
-# Host paths a mount may not expose: the process table, device nodes (only the device
-# checks may hand those over) and the kubelet's own sockets and state.
-FORBIDDEN_HOST_PATHS = ("/proc", "/dev", "/var/lib/kubelet")
+IDS_SUFFIX = "_IDS"  # a pool's <PREFIX>_<NAME>_IDS: the identities it handed over
+
+
+def variable_part(name: str) -> str:
+    """The part of ``<PREFIX>_<NAME>`` a resource name gives (``usb-serial`` -> ``USB_SERIAL``),
+    as both modes write it (handover.env_name, dra.devices.env_name): every character that is
+    not an ASCII letter or digit becomes '_', so ``gps-a`` and ``gps_a`` give one variable."""
+    return "".join(c if c.isalnum() and c.isascii() else "_" for c in name.upper())
+
+
 # More copies of one device than any node can run containers (the kubelet's
 # max-pods tops out in the hundreds): a larger number is a typo, and each copy
 # costs a Device entry in every ListAndWatch message.
@@ -322,7 +330,12 @@ def _parse_mounts(node: yaml.Node | None, index: int, out: Collector) -> tuple[M
         missing = [k for k in MOUNT_KEYS if k not in fields]
         if missing:
             out.error(_line(item), index, f"mount needs {' and '.join(missing)}, e.g. {example}")
-        host = _parse_path(fields.get("hostpath"), "hostpath", index, out, FORBIDDEN_HOST_PATHS)
+        host = _parse_path(fields.get("hostpath"), "hostpath", index, out, mountpolicy.FORBIDDEN)
+        if host is not None:
+            problem = mountpolicy.config_problem(host)
+            if problem:
+                out.error(_line(fields["hostpath"]), index, f"'hostpath' {host!r} {problem}")
+                host = None
         target = _parse_path(fields.get("containerpath"), "containerpath", index, out, ("/proc",))
         if len(out.errors) > errors or host is None or target is None:
             ok = False
@@ -360,8 +373,10 @@ def _parse_count(node: yaml.Node, index: int, out: Collector) -> int | None:
         out.error(line, index, f"'nummaxdevices' must be a whole number from 0 to {MAX_DEVICES}, "
                   f"got {shown!r}; write e.g. nummaxdevices: 10")
         return None
-    value = yaml.SafeLoader("").construct_yaml_int(node)
-    if not _DECIMAL.fullmatch(node.value):
+    if _DECIMAL.fullmatch(node.value):
+        value = int(node.value)
+    else:
+        value = yaml.SafeLoader("").construct_yaml_int(node)  # only to say what YAML made of it
         # YAML 1.1 (PyYAML) reads 010 as octal 8, 1:30 as base 60 (90), and also takes
         # 0x10, 0b10, 1_000 and +5: a count nobody meant. Plain decimal digits only.
         out.error(line, index, f"'nummaxdevices' must be written in plain decimal digits, got "

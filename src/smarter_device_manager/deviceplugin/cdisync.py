@@ -83,8 +83,11 @@ def pool_device(resource: Resource, members: list[Member]) -> str:
 class CdiKeeper:
     """Owns one spec file; every write goes through here, so the file is what we last wrote."""
 
-    def __init__(self, settings: CdiSettings) -> None:
+    def __init__(self, settings: CdiSettings, *, daemon: bool = True) -> None:
         self.settings = settings
+        # The daemon logs when CDI stops and starts working; the `cdi` command reports
+        # ``error`` itself and has no Allocate to speak of.
+        self.daemon = daemon
         self.file_name = spec_file_name(settings.kind)
         self.path = os.path.join(settings.cdi_dir, self.file_name)
         self.error: str | None = None  # why CDI is not usable right now
@@ -176,8 +179,9 @@ class CdiKeeper:
             self._spec = None
             self._write(dict(self._devices))
 
-    def remove(self) -> None:
-        remove_spec(self.settings.cdi_dir, self.file_name)
+    def remove(self) -> bool:
+        """Delete the file; False when there was none."""
+        return remove_spec(self.settings.cdi_dir, self.file_name)
 
     # --- helpers ----------------------------------------------------------------------
     def _device(self, resource: Resource, members: list[Member] | None) -> CdiDevice:
@@ -227,15 +231,16 @@ class CdiKeeper:
             if not os.path.exists(s.cdi_dir):
                 error = (f"CDI directory {s.cdi_dir} does not exist (mount the host's CDI directory "
                          "there, or run with --cdi off)")
-            if error != self.error:
+            if error != self.error and self.daemon:
                 log.error("%s; answering Allocate without CDI until it works", error)
             self.error = error
             return
         except CdiError as exc:  # cannot happen for devices that passed _add; say so if it does
             self.error = str(exc)
-            log.error("CDI spec not written: %s", exc)
+            if self.daemon:
+                log.error("CDI spec not written: %s", exc)
             return
-        if self.error is not None:
+        if self.error is not None and self.daemon:
             log.info("CDI spec %s written; CDI is in use again", self.path)
         self.error = None
         self._devices, self._spec = devices, spec

@@ -17,11 +17,10 @@ from smarter_device_manager.options import (
     Parser,
     absolute,
     cdi_options,
-    choice,
     config_watch_dir,
+    daemon_options,
     discovery_options,
     load_or_exit,
-    parse_address,
     parse_duration,
     resolve_config,
 )
@@ -38,13 +37,7 @@ def add_serve_parser(sub: Any) -> Parser:
                          "(default: same as --dev-dir)")
     serve.add_env_option("--plugin-dir", _plugin_dir, DEFAULT_PLUGIN_DIR, metavar="DIR",
                          help=f"kubelet device plugin dir (default {DEFAULT_PLUGIN_DIR})")
-    serve.add_env_option("--log-level", choice("debug", "info", "warning", "error"), "info",
-                         metavar="{debug,info,warning,error}", help="what to log (default info)")
-    serve.add_env_option("--log-format", choice("text", "json"), "text",
-                         metavar="{text,json}",
-                         help="log lines as text, or json with one object per line (default text)")
-    serve.add_env_option("--http-address", parse_address, "", metavar="HOST:PORT",
-                         help="serve /healthz /readyz /metrics on HOST:PORT (default: off)")
+    daemon_options(serve)
     serve.add_env_option("--removal-grace", parse_duration, DEFAULT_REMOVAL_GRACE,
                          metavar="DURATION",
                          help="how long a vanished device stays advertised as Unhealthy before "
@@ -85,10 +78,14 @@ def cdi(args: argparse.Namespace) -> int:
     from smarter_device_manager.deviceplugin.cdisync import CdiKeeper
     from smarter_device_manager.discovery import discover
 
-    keeper = CdiKeeper(_cdi_settings(args))
+    keeper = CdiKeeper(_cdi_settings(args), daemon=False)
     if args.remove:
-        keeper.remove()
-        print(f"removed {keeper.path}")
+        try:
+            removed = keeper.remove()
+        except OSError as exc:
+            print(f"error: cannot remove {keeper.path}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        print(f"removed {keeper.path}" if removed else f"nothing to remove: {keeper.path} does not exist")
         return 0
     config = load_or_exit(resolve_config(args.config)[0])
     if config is None:
@@ -113,7 +110,12 @@ def cdi(args: argparse.Namespace) -> int:
         print(f"error: {keeper.error}", file=sys.stderr)
         return 1
     names = sorted(keeper.device_names())
-    print(f"wrote {keeper.path}: {len(names)} devices: " + " ".join(f"{args.cdi_kind}={n}" for n in names))
+    if not names:
+        # The keeper removed any old file: it would name devices that are not here.
+        print(f"error: no device to put in a CDI spec; {keeper.path} not written", file=sys.stderr)
+        return 1
+    print(f"wrote {keeper.path}: {len(names)} device{'s' if len(names) != 1 else ''}: "
+          + " ".join(f"{args.cdi_kind}={n}" for n in names))
     return 0
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -49,6 +48,7 @@ from smarter_device_manager.handover import handover, member_ids
 if TYPE_CHECKING:
     from smarter_device_manager.deviceplugin.cdisync import CdiKeeper
 from smarter_device_manager.lowmem import SmallEvent
+from smarter_device_manager.mountpolicy import host_problem
 
 log = logging.getLogger(__name__)
 
@@ -270,9 +270,9 @@ class DevicePlugin(DevicePluginService):
         specs = [self._spec(node, target) for node, target in given.nodes]
         mounts = []
         for mount in given.mounts:
-            if not os.path.exists(mount.host_path):
-                raise GRPCError(Status.FAILED_PRECONDITION,
-                                f"{self.resource_name}: mount source {mount.host_path} does not exist")
+            refused = host_problem(mount.host_path)  # swapped for a socket since the scan?
+            if refused:
+                raise GRPCError(Status.FAILED_PRECONDITION, f"{self.resource_name}: {refused}")
             mounts.append(pb.Mount(container_path=mount.container_path, host_path=mount.host_path,
                                    read_only=True))
         answer = pb.ContainerAllocateResponse(devices=specs, envs=dict(given.env), mounts=mounts)

@@ -13,9 +13,9 @@ import argparse
 import sys
 from typing import Any
 
-from smarter_device_manager.dra.cli import DEFAULT_DRIVER, _one_of, _path, driver_name
+from smarter_device_manager.dra.cli import DEFAULT_DRIVER, _path, driver_name
 from smarter_device_manager.naming import DEFAULT_PREFIX
-from smarter_device_manager.options import parse_address, parse_duration, prefix
+from smarter_device_manager.options import daemon_options, parse_duration, prefix
 
 DEFAULT_GRACE = "300"
 
@@ -42,12 +42,7 @@ def add_parser(sub: Any) -> Any:
                           f"300, 5m (default {DEFAULT_GRACE} s)")
     parser.add_env_option("--kubeconfig", _path, None, metavar="PATH",
                           help="kubeconfig to reach the API server (default: the pod's ServiceAccount)")
-    parser.add_env_option("--log-level", _one_of("debug", "info", "warning", "error"), "info",
-                          metavar="{debug,info,warning,error}", help="what to log (default info)")
-    parser.add_env_option("--log-format", _one_of("text", "json"), "text", metavar="{text,json}",
-                          help="log lines as text, or json with one object per line (default text)")
-    parser.add_env_option("--http-address", parse_address, "", metavar="HOST:PORT",
-                          help="serve /healthz /readyz /metrics on HOST:PORT (default: off)")
+    daemon_options(parser)
     return parser
 
 

@@ -15,14 +15,14 @@ import argparse
 import os
 import re
 import sys
-from collections.abc import Callable
 from typing import Any
 
+from smarter_device_manager.naming import SOCKET_PATH_MAX
 from smarter_device_manager.options import (
     config_watch_dir,
+    daemon_options,
     discovery_options,
     load_or_exit,
-    parse_address,
     parse_duration,
     resolve_config,
 )
@@ -65,20 +65,24 @@ def node_name(text: str) -> str:
     return text
 
 
+_POD_UID = re.compile(r"^[0-9a-z]([0-9a-z-]{0,34}[0-9a-z])?$")
+
+
+def pod_uid(text: str) -> str:
+    """This pod's UID (downward API ``metadata.uid``), a part of our socket names: lowercase
+    letters, digits and '-', at most 36 characters (a UUID). Empty: the fixed names of old."""
+    if text and not _POD_UID.match(text):
+        raise argparse.ArgumentTypeError(
+            f"pod UID {text!r} is not a pod UID (a UUID like 6f1c1d7e-0b1f-4c35-9f55-3b0f1f0c2a9e: "
+            "lowercase letters, digits and '-', at most 36 characters); the chart sets it from the "
+            "pod's metadata.uid")
+    return text
+
+
 def absolute_dir(text: str) -> str:
     if not text.startswith("/"):
         raise argparse.ArgumentTypeError(f"{text!r} is not an absolute path")
     return text.rstrip("/") or "/"
-
-
-def _one_of(*choices: str) -> Callable[[str], str]:
-    """A ``type=`` check instead of ``choices=``: argparse checks choices for flags only, never
-    for a default, so a bad SDM_LOG_LEVEL would get through ``choices``."""
-    def check(text: str) -> str:
-        if text.lower() not in choices:
-            raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(choices)})")
-        return text.lower()
-    return check
 
 
 def removal_grace(text: str) -> float:
@@ -124,12 +128,6 @@ def add_parser(sub: Any) -> Any:
     dra.add_env_option("--state-dir", absolute_dir, None, metavar="DIR",
                        help="where the checkpoint of prepared claims is kept (default "
                        "<kubelet-plugins-dir>/<driver>)")
-    dra.add_env_option("--log-level", _one_of("debug", "info", "warning", "error"), "info",
-                       metavar="{debug,info,warning,error}", help="what to log (default info)")
-    dra.add_env_option("--log-format", _one_of("text", "json"), "text", metavar="{text,json}",
-                       help="log lines as text, or json with one object per line (default text)")
-    dra.add_env_option("--http-address", parse_address, "", metavar="HOST:PORT",
-                       help="serve /healthz /readyz /metrics on HOST:PORT (default: off)")
     dra.add_env_option("--removal-grace", removal_grace, DEFAULT_REMOVAL_GRACE, metavar="DURATION",
                        help="how long an unplugged device stays in the slice, tainted and Unhealthy, "
                        f"in case it comes back, e.g. 300, 5m; 0 drops it at once (default "
@@ -139,6 +137,12 @@ def add_parser(sub: Any) -> Any:
                        help="the effect of the taint on an unplugged device: NoSchedule keeps new "
                        "claims off it; NoExecute also has the pods holding it evicted (default "
                        "NoSchedule)")
+    dra.add_env_option("--pod-uid", pod_uid, "", metavar="UID",
+                       help="this pod's UID (the chart sets it from metadata.uid): names our sockets "
+                       "<driver>-<uid>-reg.sock and dra-<uid>.sock so that a new pod can run beside the "
+                       "old one during a rolling update (kubelet 1.33+); default: the fixed names "
+                       "<driver>-reg.sock and dra.sock")
+    daemon_options(dra)
     return dra
 
 
@@ -197,7 +201,15 @@ def run(args: argparse.Namespace) -> int:
         http_port=http[1] if http else 0,
         removal_grace=args.removal_grace,
         unplugged_taint_effect=args.unplugged_taint_effect,
+        pod_uid=args.pod_uid,
     )
+
+    for sock, where in ((settings.registration_socket, "--kubelet-registry-dir, --driver-name, --pod-uid"),
+                        (settings.endpoint, "--kubelet-plugins-dir, --driver-name, --pod-uid")):
+        if len(sock.encode()) > SOCKET_PATH_MAX:
+            log.error("not starting: the socket path %s is %d bytes, longer than a unix socket path may "
+                      "be (%d); shorten %s", sock, len(sock.encode()), SOCKET_PATH_MAX, where)
+            return 2
 
     async def main() -> int:
         return await DraDaemon(settings, config, cluster).run()

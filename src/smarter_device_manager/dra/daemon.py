@@ -10,6 +10,12 @@ that goes stays through ``--removal-grace`` (``unplugged.py``: tainted in the sl
 the health stream that ``health.py`` serves on the DRA socket); the worker also wakes when a
 grace ends.
 
+Rolling updates (``--pod-uid``): two daemons may run on a node at once, the new pod beside the
+old. Each serves its own sockets, named with its pod's UID (``<driver>-<uid>-reg.sock`` and
+``<plugins>/<driver>/dra-<uid>.sock``, the names the Go helper uses; the kubelet keeps both
+registrations and calls the newest connected one). ``locks.py`` serializes their prepares and
+lets one of them publish; the other is ready too (standing by) so that the rollout can go on.
+
 Ready (``/readyz``) means: the kubelet accepted our registration, the API server took our slices
 and the watch on them runs, and the last config was valid. Otherwise 503 with the reasons.
 """
@@ -30,6 +36,7 @@ from smarter_device_manager.discovery import KIND_DIRECTORY, directory_nodes, di
 from smarter_device_manager.dra.devices import DraDevice, Paths, cdi_device, dra_devices, keep_names
 from smarter_device_manager.dra.health import HealthService, report
 from smarter_device_manager.dra.kube import Cluster, KubeClient
+from smarter_device_manager.dra.locks import CLAIMS_LOCK, POLL, PUBLISHER_LOCK, FileLock
 from smarter_device_manager.dra.node import Checkpoint, NodeService, cdi_dir_problem
 from smarter_device_manager.dra.publisher import Publisher
 from smarter_device_manager.dra.registration import Registration
@@ -53,6 +60,7 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "dra_prepared_claims": ("gauge", "ResourceClaims prepared on this node (in the checkpoint)."),
     "dra_registered": ("gauge", "1 once the kubelet accepted our plugin registration."),
     "dra_slices_in_sync": ("gauge", "1 when the API server holds exactly our slices."),
+    "dra_publishing": ("gauge", "1 while this instance is the one on its node that writes the slices."),
     "config_valid": ("gauge", "1 if the last config read was valid, 0 if it was rejected."),
     "dra_slice_writes_total": ("counter", "ResourceSlice writes to the API server, by verb."),
     "dra_slices_deleted_by_others_total": ("counter", "Our slices deleted by others (the kubelet at start)."),
@@ -86,14 +94,17 @@ class DraSettings:
     http_port: int = 0
     removal_grace: float = 300.0
     unplugged_taint_effect: str = "NoSchedule"
+    pod_uid: str = ""
 
     @property
     def endpoint(self) -> str:
-        return os.path.join(self.plugins_dir, self.driver, "dra.sock")
+        uid = f"-{self.pod_uid}" if self.pod_uid else ""
+        return os.path.join(self.plugins_dir, self.driver, f"dra{uid}.sock")
 
     @property
     def registration_socket(self) -> str:
-        return os.path.join(self.registry_dir, f"{self.driver}-reg.sock")
+        uid = f"-{self.pod_uid}" if self.pod_uid else ""
+        return os.path.join(self.registry_dir, f"{self.driver}{uid}-reg.sock")
 
 
 class DraDaemon:
@@ -110,8 +121,10 @@ class DraDaemon:
         self.devices: dict[str, DraDevice] = {}
         self._bound: dict[str, str] = {}  # DRA name -> the fingerprint it was first published for
         self.checkpoint = Checkpoint(s.state_dir)
+        self.publisher_lock = FileLock(os.path.join(s.state_dir, PUBLISHER_LOCK))
         self.node = NodeService(s.driver, s.node, self.client, lambda: self.devices, self.refresh_spec,
-                                self.paths, s.prefix, s.cdi_dir, self.checkpoint, self.metrics)
+                                self.paths, s.prefix, s.cdi_dir, self.checkpoint, self.metrics,
+                                FileLock(os.path.join(s.state_dir, CLAIMS_LOCK)))
         self.unplugged = Unplugged(s.driver, s.removal_grace, s.unplugged_taint_effect)
         self.health = HealthService(lambda: report(s.node, self.devices, self.unplugged.gone,
                                                    s.removal_grace, time.time()))
@@ -213,7 +226,8 @@ class DraDaemon:
         await self._reg_server.serve()
         log.info("serving %s; registering through %s", s.endpoint, s.registration_socket)
         tasks = [asyncio.create_task(self._work(), name="worker"),
-                 asyncio.create_task(self.publisher.run(), name="publisher")]
+                 asyncio.create_task(self.publisher.run(), name="publisher"),
+                 asyncio.create_task(self._lead(), name="leader")]
         await self._stop.wait()
         log.info("stopping: removing our sockets (the slices stay: the kubelet removes them if we do not "
                  "come back)")
@@ -225,10 +239,22 @@ class DraDaemon:
         await self._reg_server.stop()
         await self._dra_server.stop()
         await self.client.close()
+        self.publisher_lock.close()
+        self.node.lock.close()
         if self.http is not None:
             await self.http.stop()
         log.info("stopped")
         return 0
+
+    async def _lead(self) -> None:
+        """Become the one daemon on this node that writes slices (``publisher.lock``), waiting
+        for as long as another holds it; the lock goes with this process."""
+        if not self.publisher_lock.try_acquire():
+            log.info("another instance of the driver on this node publishes the ResourceSlices (it holds "
+                     "%s); standing by to take over when it stops", self.publisher_lock.path)
+            await self.publisher_lock.acquire(None, POLL)
+            log.info("the other instance stopped: this one publishes the ResourceSlices now")
+        self.publisher.lead()
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
@@ -388,6 +414,7 @@ class DraDaemon:
             ("dra_prepared_claims", (), float(len(self.checkpoint.claims))),
             ("dra_registered", (), 1.0 if self.registered else 0.0),
             ("dra_slices_in_sync", (), 1.0 if self.publisher.in_sync else 0.0),
+            ("dra_publishing", (), 1.0 if self.publisher.leading else 0.0),
         ]
 
     def _healthz(self) -> tuple[int, str, str]:
@@ -404,6 +431,8 @@ class DraDaemon:
         cdi_problem = cdi_dir_problem(self.settings.cdi_dir) or self.cdi_error
         if cdi_problem:
             reasons.append(cdi_problem)
+        if not self.publisher.leading:
+            return reasons  # standing by: the other instance publishes, and this one can prepare
         if self.publisher.error:
             reasons.append(f"API server: {self.publisher.error}")
         elif self.registered and not self.publisher.in_sync:
@@ -418,8 +447,10 @@ class DraDaemon:
         reasons = self.readiness()
         if reasons:
             return 503, "text/plain", "not ready:\n" + "".join(f"- {r}\n" for r in reasons)
+        published = "published" if self.publisher.leading else \
+            "found (another instance publishes them; standing by)"
         return 200, "text/plain", (f"ready: registered with the kubelet, {len(self.devices)} devices "
-                                   f"published, {len(self.checkpoint.claims)} claims prepared\n")
+                                   f"{published}, {len(self.checkpoint.claims)} claims prepared\n")
 
     def _metrics(self) -> tuple[int, str, str]:
         return 200, "text/plain; version=0.0.4; charset=utf-8", self.metrics.render()

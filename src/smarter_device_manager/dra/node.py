@@ -11,6 +11,14 @@ are in place, remember the answer in the checkpoint, then answer with CDI device
   the env lists all of them), so they get a claim-specific spec file (kind ``<driver>/claim``,
   one device ``<claim uid>-<name>`` each), removed again on unprepare.
 
+Two daemons at once (a rolling update, see ``locks.py``): each prepare and unprepare does its
+file work under ``claims.lock`` and re-reads the checkpoint under it first, so a claim prepared
+by one daemon is known to the other (answered from the checkpoint, or unprepared with its CDI
+spec removed). The claim itself is read from the API server outside the lock.
+
+adminAccess and shares: ``sharing.py`` (an admin claim is prepared on a device others hold; a
+normal claim is refused if the device is already full on this node).
+
 Idempotence and restarts: a claim already in the checkpoint is answered from it without any API
 call, so a kubelet that restarts between prepare and unprepare (and asks again), or a daemon
 that restarts with claims prepared, gets the same answer even while the API server is down. The
@@ -29,7 +37,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from grpclib.server import Stream
@@ -39,6 +47,8 @@ from smarter_device_manager.api import dra as pb
 from smarter_device_manager.discovery import KIND_DIRECTORY, directory_nodes, node_problem
 from smarter_device_manager.dra.devices import DraDevice, Paths, claim_cdi_devices, fingerprint_now
 from smarter_device_manager.dra.kube import KubeClient, KubeError, path_of
+from smarter_device_manager.dra.locks import CLAIMS_WAIT, FileLock, LockTimeout
+from smarter_device_manager.dra.sharing import conflict, consumed_shares, is_admin
 from smarter_device_manager.dra.slices import API_VERSION
 from smarter_device_manager.metrics import Metrics
 
@@ -101,6 +111,11 @@ class Checkpoint:
         except OSError as exc:
             log.error("checkpoint %s: cannot set the unusable claims aside (%s); they stay out of "
                       "memory only", self.path, exc.strerror or exc)
+
+    def reload(self) -> None:
+        """Read the file again (under ``claims.lock``): another daemon may have changed it."""
+        self.claims = {}
+        self.load()
 
     def save(self) -> None:
         """Write a temp file and rename it over the checkpoint: a daemon that dies at any moment
@@ -165,6 +180,11 @@ def entry_problem(entry: Any) -> str | None:
                 return f"devices[{number}] has no list of strings {key!r}"
         if "share" in device and not isinstance(device["share"], str):
             return f"devices[{number}].share is not a string"
+        if "admin" in device and not isinstance(device["admin"], bool):
+            return f"devices[{number}].admin is not a boolean"
+        shares = device.get("shares", 0)
+        if isinstance(shares, bool) or not isinstance(shares, int) or shares < 0:
+            return f"devices[{number}].shares is not a whole number"
     return None
 
 
@@ -186,13 +206,13 @@ def claim_spec_file(driver: str, uid: str) -> str:
 class NodeService(pb.DRAPluginService):
     """Serves NodePrepareResources/NodeUnprepareResources for one driver on one node."""
 
-    __slots__ = ("_client", "_devices", "_refresh", "cdi_dir", "checkpoint", "driver", "metrics", "node",
-                 "paths", "prefix")
+    __slots__ = ("_client", "_devices", "_refresh", "cdi_dir", "checkpoint", "driver", "lock", "metrics",
+                 "node", "paths", "prefix")
 
     def __init__(self, driver: str, node: str, client: KubeClient,
                  devices: Callable[[], dict[str, DraDevice]], refresh_spec: Callable[[], None],
                  paths: Paths, prefix: str, cdi_dir: str,
-                 checkpoint: Checkpoint, metrics: Metrics) -> None:
+                 checkpoint: Checkpoint, metrics: Metrics, lock: FileLock) -> None:
         self.driver = driver
         self.node = node
         self._client = client
@@ -203,6 +223,7 @@ class NodeService(pb.DRAPluginService):
         self.cdi_dir = cdi_dir
         self.checkpoint = checkpoint
         self.metrics = metrics
+        self.lock = lock
 
     @property
     def device_kind(self) -> str:
@@ -227,21 +248,43 @@ class NodeService(pb.DRAPluginService):
         request = await stream.recv_message()
         answer = pb.NodeUnprepareResourcesResponse()
         for claim in request.claims if request is not None else ():
-            answer.claims[claim.uid] = self.unprepare(claim)
+            answer.claims[claim.uid] = await self.unprepare(claim)
         await stream.send_message(answer)
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, who: str) -> AsyncIterator[None]:
+        """``claims.lock`` held and the checkpoint re-read. The body must not await: it is the
+        short file work, and within this process it is then atomic too."""
+        try:
+            await self.lock.acquire(CLAIMS_WAIT)
+        except (LockTimeout, OSError) as exc:
+            raise PrepareError(f"{who}: cannot lock the prepared claims ({exc}); another instance of "
+                               "the driver on this node holds the lock: the kubelet retries") from None
+        try:
+            self.checkpoint.reload()
+            yield
+        finally:
+            self.lock.release()
 
     # --- prepare -------------------------------------------------------------------------
     async def prepare(self, claim: pb.Claim) -> pb.NodePrepareResourceResponse:
         who = f"{claim.namespace}/{claim.name}"
         try:
-            known = self.checkpoint.claims.get(claim.uid)
-            if known is not None:
-                self._restore_claim_spec(claim.uid, known)
-                devices = known["devices"]
-                how = "from the checkpoint"
-            else:
-                devices = await self._prepare_new(claim)
-                how = "prepared"
+            async with self._locked(who):
+                known = self.checkpoint.claims.get(claim.uid)
+                if known is not None:
+                    self._restore_claim_spec(claim.uid, known)
+            how = "from the checkpoint"
+            if known is None:
+                obj = await self._read_claim(claim)
+                async with self._locked(who):
+                    known = self.checkpoint.claims.get(claim.uid)  # the other daemon, meanwhile?
+                    if known is not None:
+                        self._restore_claim_spec(claim.uid, known)
+                    else:
+                        known = self._prepare_new(claim, obj)
+                        how = "prepared"
+            devices = known["devices"]
         except PrepareError as exc:
             self.metrics.inc("dra_prepares_total", result="error")
             log.error("NodePrepareResources %s (uid %s): %s", who, claim.uid, exc)
@@ -254,7 +297,7 @@ class NodeService(pb.DRAPluginService):
                       device_name=d["device"],
                       cdi_device_ids=list(d["cdi"]), share_id=d.get("share")) for d in devices])
 
-    async def _prepare_new(self, claim: pb.Claim) -> list[dict[str, Any]]:
+    async def _read_claim(self, claim: pb.Claim) -> dict[str, Any]:
         who = f"ResourceClaim {claim.namespace}/{claim.name}"
         try:
             obj = await self._client.request(
@@ -263,6 +306,11 @@ class NodeService(pb.DRAPluginService):
         except KubeError as exc:
             self.metrics.inc("dra_api_errors_total", verb="get", code=str(exc.status))
             raise PrepareError(f"cannot read {who}: {exc}") from None
+        return obj if isinstance(obj, dict) else {}
+
+    def _prepare_new(self, claim: pb.Claim, obj: dict[str, Any]) -> dict[str, Any]:
+        """Check, write the claim's CDI spec and the checkpoint (under the lock); the new entry."""
+        who = f"ResourceClaim {claim.namespace}/{claim.name}"
         uid = str((obj.get("metadata") or {}).get("uid", ""))
         if uid != claim.uid:
             raise PrepareError(f"{who} has UID {uid or '(none)'}, the kubelet asked for {claim.uid}: "
@@ -286,6 +334,14 @@ class NodeService(pb.DRAPluginService):
                                    "again")
             self._check_nodes(who, device)
             wanted.append((result, device))
+        taking: dict[str, int] = {}
+        for result, device in wanted:
+            if not is_admin(result):
+                taking[device.name] = taking.get(device.name, 0) + consumed_shares(result)
+        for name, shares in sorted(taking.items()):
+            problem = conflict(self.checkpoint.claims, name, current[name].shares, shares, claim.uid)
+            if problem:
+                raise PrepareError(f"{who}: {problem}")
         problem = cdi_dir_problem(self.cdi_dir)
         if problem is not None:
             raise PrepareError(f"{who}: {problem}")
@@ -310,20 +366,20 @@ class NodeService(pb.DRAPluginService):
             else:
                 cdi_id = cdi.qualified(self.device_kind, device.name)
             entry: dict[str, Any] = {"requests": [request_name(str(result.get("request", "")))],
-                                     "pool": self.node,
-                                     "device": device.name, "cdi": [cdi_id]}
+                                     "pool": self.node, "device": device.name, "cdi": [cdi_id],
+                                     "admin": is_admin(result), "shares": consumed_shares(result)}
             if result.get("shareID"):
                 entry["share"] = str(result["shareID"])
             prepared.append(entry)
-        self.checkpoint.claims[claim.uid] = {"namespace": claim.namespace, "name": claim.name,
-                                             "devices": prepared}
+        known = {"namespace": claim.namespace, "name": claim.name, "devices": prepared}
+        self.checkpoint.claims[claim.uid] = known
         try:
             self.checkpoint.save()
         except OSError as exc:
             del self.checkpoint.claims[claim.uid]
             raise PrepareError(f"{who}: cannot write the checkpoint {self.checkpoint.path}: "
                                f"{exc.strerror}") from None
-        return prepared
+        return known
 
     def _check_nodes(self, who: str, device: DraDevice) -> None:
         """Every node must still be a device node inside the dev dir: it may have gone or been
@@ -374,18 +430,23 @@ class NodeService(pb.DRAPluginService):
                                f"{exc}") from None
 
     # --- unprepare -----------------------------------------------------------------------
-    def unprepare(self, claim: pb.Claim) -> pb.NodeUnprepareResourceResponse:
+    async def unprepare(self, claim: pb.Claim) -> pb.NodeUnprepareResourceResponse:
         who = f"{claim.namespace}/{claim.name}"
-        known = self.checkpoint.claims.pop(claim.uid, None)
+        known = None
         try:
-            cdi.remove_spec(self.cdi_dir, claim_spec_file(self.driver, claim.uid))
-            if known is not None:
-                self.checkpoint.save()
-        except OSError as exc:
-            if known is not None:
-                self.checkpoint.claims[claim.uid] = known
+            async with self._locked(who):
+                known = self.checkpoint.claims.pop(claim.uid, None)
+                try:
+                    cdi.remove_spec(self.cdi_dir, claim_spec_file(self.driver, claim.uid))
+                    if known is not None:
+                        self.checkpoint.save()
+                except OSError as exc:
+                    if known is not None:
+                        self.checkpoint.claims[claim.uid] = known
+                    raise PrepareError(f"cannot clean up claim {who}: {exc.strerror or exc}") from None
+        except PrepareError as exc:
             self.metrics.inc("dra_unprepares_total", result="error")
-            message = f"cannot clean up claim {who}: {exc.strerror or exc}"
+            message = str(exc)
             log.error("NodeUnprepareResources %s", message)
             return pb.NodeUnprepareResourceResponse(error=message)
         self.metrics.inc("dra_unprepares_total", result="success")

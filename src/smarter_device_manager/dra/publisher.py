@@ -21,6 +21,12 @@ after a backoff with jitter (the same 0.5 s doubling to 30 s), counted in
 node) is reopened at once, as it should be. A watch refused with 410 Gone, or ended by an ERROR
 event (410: the version we asked for is compacted away), starts over from a fresh list.
 
+Two daemons on one node (a rolling update): only the holder of ``publisher.lock`` (``locks.py``)
+writes; ``lead()`` is called once it has the lock. The other neither lists nor watches nor writes.
+
+Owner: before its first write the writer reads this node's Node object once for its uid (RBAC:
+``get`` on ``nodes``) and every slice names the Node as owner (``slices.owner_reference``).
+
 Slices are published only once the kubelet has accepted our registration: the kubelet wipes a
 node's slices when it starts and those of a driver that is not registered, and devices that no
 kubelet plugin can prepare would only strand pods.
@@ -36,12 +42,13 @@ from typing import Any
 
 from smarter_device_manager.dra.devices import DraDevice
 from smarter_device_manager.dra.kube import KubeClient, KubeError, path_of
-from smarter_device_manager.dra.slices import API_VERSION, Echo, Write, plan
+from smarter_device_manager.dra.slices import API_VERSION, Echo, Write, owner_reference, plan
 from smarter_device_manager.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 RESOURCE = "resourceslices.resource.k8s.io"
+NODES = "nodes"
 BACKOFF_START = 0.5
 BACKOFF_MAX = 30.0
 WATCH_TIMEOUT = 300
@@ -71,6 +78,8 @@ class Publisher:
         self.observed: dict[str, dict[str, Any]] = {}
         self.echoes: dict[str, Echo] = {}
         self.enabled = False
+        self.leading = False
+        self.owner: dict[str, Any] | None = None
         self.error: str | None = None
         self.listed = False
         self.watching = False
@@ -95,6 +104,11 @@ class Publisher:
         self.enabled = True
         self._wake.set()
 
+    def lead(self) -> None:
+        """This daemon holds ``publisher.lock``: it is the one that writes slices."""
+        self.leading = True
+        self._wake.set()
+
     @property
     def watch_problem(self) -> str | None:
         """Why the watch is not doing its job although no request fails, or None."""
@@ -106,8 +120,9 @@ class Publisher:
 
     @property
     def in_sync(self) -> bool:
-        return self.enabled and self.listed and self.error is None and \
-            not plan(self.node, self.driver, self.devices, self.observed, self.echoes, self.unplugged)
+        return self.enabled and self.leading and self.listed and self.error is None and \
+            not plan(self.node, self.driver, self.devices, self.observed, self.echoes, self.owner,
+                     self.unplugged)
 
     # --- tasks ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -137,13 +152,21 @@ class Publisher:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if not self.enabled:
+            if not self.enabled or not self.leading:
                 continue
             try:
+                if self.owner is None:
+                    node = await self.client.request("GET", path_of("v1", NODES, self.node), verb="get",
+                                                     resource=NODES)
+                    uid = str((node.get("metadata") or {}).get("uid") or "")
+                    if not uid:
+                        raise KubeError(200, "BadResponse", f"node {self.node} has no metadata.uid", "get",
+                                        NODES)
+                    self.owner = owner_reference(self.node, uid)
                 if not self.listed:
                     await self._list()
                 for write in plan(self.node, self.driver, self.devices, self.observed, self.echoes,
-                                  self.unplugged):
+                                  self.owner, self.unplugged):
                     await self._apply(write)
             except KubeError as exc:
                 self._fail(exc)

@@ -23,6 +23,11 @@ slices are cut at 64 while any device is tainted. The server sets a taint's ``ti
 send none; we send back the time it stored (for the same device, key, value and effect), so our
 writes never move it and a slice the server holds with that time counts as in sync.
 
+**Owner**: every slice names its Node as owner (``metadata.ownerReferences``, as the Go helper
+k8s.io/dynamic-resource-allocation does: apiVersion v1, kind Node, name, uid, controller), so the
+garbage collector deletes the slices with the node. The writes carry it (a PUT replaces the whole
+object), and a slice without it (published before) is rewritten once to get it.
+
 **Generations**: whenever anything in the pool changes, every slice of the pool gets the next
 generation (the API's contract: consumers use the highest generation they see). With up to 128
 devices that is one update per change. A slice the server stored differently from what we sent
@@ -65,6 +70,18 @@ class Echo:
 
     sent: dict[str, Any]
     stored: dict[str, Any]
+
+
+def owner_reference(node: str, uid: str) -> dict[str, Any]:
+    """The Node as the slices' owner (its uid from a GET of the node: the owner must be exact)."""
+    return {"apiVersion": "v1", "kind": "Node", "name": node, "uid": uid, "controller": True}
+
+
+def _owned(obj: Mapping[str, Any], owner: Mapping[str, Any] | None) -> bool:
+    if owner is None:
+        return True
+    return any(isinstance(ref, dict) and ref.get("uid") == owner["uid"] and ref.get("kind") == "Node"
+               for ref in (obj.get("metadata") or {}).get("ownerReferences") or ())
 
 
 def slice_name(node: str, driver: str, index: int) -> str:
@@ -202,10 +219,12 @@ def in_sync(desired: Mapping[str, Any], observed: Mapping[str, Any], echo: Echo 
 
 
 def plan(node: str, driver: str, devices: Sequence[DraDevice], observed: Mapping[str, Mapping[str, Any]],
-         echoes: Mapping[str, Echo], unplugged: Sequence[Mapping[str, Any]] = ()) -> list[Write]:
+         echoes: Mapping[str, Echo], owner: Mapping[str, Any] | None = None,
+         unplugged: Sequence[Mapping[str, Any]] = ()) -> list[Write]:
     """The writes that make the API server hold exactly our pool; [] when it already does.
 
     ``observed``: our slices as the server has them (name -> object with metadata and spec).
+    ``owner``: the ownerReference every slice must carry (None: not known yet, not checked).
     ``unplugged``: tainted entries of devices in their removal grace (see ``desired_specs``).
     """
     generations = {_generation(obj) for obj in observed.values()}
@@ -213,14 +232,17 @@ def plan(node: str, driver: str, devices: Sequence[DraDevice], observed: Mapping
     desired = desired_specs(node, driver, devices, current or 1, unplugged)
     keep_time_added(desired, observed)
     if set(desired) == set(observed) and len(generations) == 1 and all(
-            in_sync(spec, observed[name], echoes.get(name)) for name, spec in desired.items()):
+            in_sync(spec, observed[name], echoes.get(name)) and _owned(observed[name], owner)
+            for name, spec in desired.items()):
         return []
     generation = current + 1
     writes: list[Write] = []
     wanted = desired_specs(node, driver, devices, generation, unplugged)
     keep_time_added(wanted, observed)
     for name, spec in wanted.items():
-        metadata: dict[str, str] = {"name": name}
+        metadata: dict[str, Any] = {"name": name}
+        if owner is not None:
+            metadata["ownerReferences"] = [dict(owner)]
         body = {"apiVersion": API_VERSION, "kind": "ResourceSlice", "metadata": metadata, "spec": spec}
         if name in observed:
             version = str((observed[name].get("metadata") or {}).get("resourceVersion", ""))
