@@ -172,10 +172,12 @@ def traced_imports(venv: Path, work: Path) -> set[str]:
                  "--remove"]],
         "serve": [["serve", "--help"]],
         "dra": [["dra", "--help"]],
+        "dra-classes": [["dra-classes", "--help"]],
     }
     daemons: dict[str, Callable[[], None]] = {
         "serve": lambda: _trace_serve(traced_python, env, dev, plugins, good),
         "dra": lambda: _trace_dra(traced_python, env, work / "dra"),
+        "dra-classes": lambda: _trace_dra_classes(traced_python, env, work / "dra-classes"),
     }
     untraced = [c for c in COMMANDS if c not in runs]
     if untraced:
@@ -260,10 +262,9 @@ def _trace_dra(traced_python: list[str], env: dict[str, str], work: Path) -> Non
     async def scenario() -> str:
         api = FakeApiServer()
         await api.start(tls=tls)
-        kubeconfig = api.kubeconfig(str(work / "kubeconfig"))
-        text = Path(kubeconfig).read_text()  # the CA inline, as kubeadm writes it
-        Path(kubeconfig).write_text(text.replace(
-            f'server: "{api.url}"', f'server: "{api.url}", certificate-authority-data: {ca}'))
+        kubeconfig = _kubeconfig(api, work, ca)
+        api.add_node(DRA_NODE, "uid-node-image-build")  # the slices' owner (ownerReferences)
+        (work / "cdi").mkdir()  # the host's CDI dir: the chart mounts it; dra never creates it
         api.add_claim("default", "build", "uid-build", [
             {"request": "dev", "driver": DRA_DRIVER, "pool": DRA_NODE, "device": "null"}])
         proc = subprocess.Popen(
@@ -309,6 +310,69 @@ def _trace_dra(traced_python: list[str], env: dict[str, str], work: Path) -> Non
     problem = asyncio.run(scenario())
     if problem:
         sys.exit(problem)
+
+
+def _trace_dra_classes(traced_python: list[str], env: dict[str, str], work: Path) -> None:
+    """``dra-classes`` against the API-server stand-in over TLS: a node's slice with one device
+    is there, the controller creates its DeviceClass, the HTTP endpoints answer, SIGTERM ends it."""
+    import asyncio
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from fake_apiserver import FakeApiServer
+
+    work.mkdir()
+    port = _free_port()
+    tls, ca = _tls(work)
+
+    async def scenario() -> str:
+        api = FakeApiServer()
+        await api.start(tls=tls)
+        kubeconfig = _kubeconfig(api, work, ca)
+        api.put_slice({"apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice",
+                       "metadata": {"name": f"{DRA_NODE}-{DRA_DRIVER}-0"},
+                       "spec": {"driver": DRA_DRIVER, "nodeName": DRA_NODE,
+                                "pool": {"name": DRA_NODE, "generation": 1, "resourceSliceCount": 1},
+                                "devices": [{"name": "null", "attributes": {
+                                    "resource": {"string": "smarter-devices/null"}}}]}})
+        proc = subprocess.Popen(
+            [*traced_python, "dra-classes", "--kubeconfig", kubeconfig,
+             f"--http-address=127.0.0.1:{port}", "--log-level=debug", "--log-format=json"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        step = "start"
+        try:
+            deadline = time.monotonic() + 120
+            step = "DeviceClass created"
+            await _until(lambda: bool(api.classes), deadline, proc)
+            step = "HTTP endpoints"
+            pending = await asyncio.to_thread(
+                _scrape, port, ["/healthz", "/readyz", "/metrics", "/nothing"], deadline, proc)
+            if pending:
+                raise RuntimeError(f"not answered: {pending}")
+            step = "SIGTERM"
+            proc.send_signal(signal.SIGTERM)
+            _, err = await asyncio.to_thread(proc.communicate, timeout=120)
+            if proc.returncode != 0:
+                raise RuntimeError(f"exit code {proc.returncode}")
+            return ""
+        except Exception as exc:  # reported with the controller's log; the build fails
+            proc.kill()
+            _, err = proc.communicate(timeout=60)
+            return f"dra-classes: {step}: {exc!r}\n{err}"
+        finally:
+            await api.stop()
+
+    problem = asyncio.run(scenario())
+    if problem:
+        sys.exit(problem)
+
+
+def _kubeconfig(api: Any, work: Path, ca: str) -> str:
+    """The stand-in's kubeconfig with its CA inline, as kubeadm writes it (TLS verified)."""
+    kubeconfig = api.kubeconfig(str(work / "kubeconfig"))
+    text = Path(kubeconfig).read_text()
+    Path(kubeconfig).write_text(text.replace(
+        f'server: "{api.url}"', f'server: "{api.url}", certificate-authority-data: {ca}'))
+    return str(kubeconfig)
 
 
 def _tls(work: Path) -> tuple[Any, str]:
