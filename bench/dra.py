@@ -7,7 +7,14 @@ Figures and targets:
   time is taken inside the stand-in, so the figure is mknod -> update received);
 * NodePrepareResources round trip, a new claim each time (so the claim is read from the API
   server each time) and unprepared after: p99 <= 20 ms;
-* RSS with 20 devices: <= 40 MiB; idle CPU over 30 s: <= 0.1 %.
+* RSS with 20 devices: <= 40 MiB; idle CPU over 30 s: <= 0.1 %;
+* (issue 18) with the default removal grace, a second daemon: unplug (unlink) -> the device
+  tainted in the slice (the write's time inside the stand-in): p99 <= 1 s; unplug -> Unhealthy on
+  the health stream the kubelet stand-in watches (the report's arrival time, which is what the
+  kubelet puts in the pod's status): p99 <= 2 s; replug -> taint gone.
+
+The first daemon runs with ``--removal-grace 0`` so that its plug/unplug figures stay those of
+the plain slice path (an unplugged device leaves at once, and every event is one write).
 
 Run: ``sudo .venv/bin/python bench/dra.py [--quick]`` or ``bench/run.py --only dra``.
 """
@@ -56,8 +63,9 @@ async def dra(args: argparse.Namespace) -> None:
             "--node-name", NODE, "--kubeconfig", api.kubeconfig(str(root / "kubeconfig")),
             "--kubelet-plugins-dir", str(root / "plugins"), "--kubelet-registry-dir", str(root / "registry"),
             "--cdi-dir", str(root / "cdi"), "--state-dir", str(root / "state"), "--log-level", "warning"]
+    (root / "cdi").mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    proc = subprocess.Popen(argv)
+    proc = subprocess.Popen([*argv, "--removal-grace", "0"])
     try:
         await wait_for(lambda: len(api.devices(NODE)) == 20, 30, "20 devices published")
         report("start -> 20 devices published", f"{time.monotonic() - t0:.2f} s", "-")
@@ -104,12 +112,59 @@ async def dra(args: argparse.Namespace) -> None:
         await asyncio.sleep(args.idle)
         idle = (cpu_seconds(proc.pid) - before) / args.idle * 100
         report(f"idle CPU over {args.idle:.0f} s (slice watch open)", f"{idle:.3f} %", "<= 0.1 %")
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+        await wait_for(lambda: DRIVER not in kubelet.health_streams, 10, "the first daemon's stream ended")
+        proc = subprocess.Popen(argv)  # the default removal grace (300 s)
+        await unplug_cycles(args, api, kubelet, dev)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
         await kubelet.stop()
         await api.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _tainted(api: FakeApiServer, name: str) -> bool:
+    return "taints" in api.devices(NODE).get(name, {})
+
+
+def _first_report(kubelet: KubeletDraStandin, since: int, name: str, health: str) -> float | None:
+    for report_ in kubelet.reports[since:]:
+        if report_.devices.get((NODE, name), ("",))[0] == health:
+            return report_.arrived
+    return None
+
+
+def _settled(api: FakeApiServer, kubelet: KubeletDraStandin, since: int, gone: bool) -> bool:
+    health = "Unhealthy" if gone else "Healthy"
+    return _tainted(api, "video0") == gone and _first_report(kubelet, since, "video0", health) is not None
+
+
+async def unplug_cycles(args: argparse.Namespace, api: FakeApiServer, kubelet: KubeletDraStandin,
+                        dev: Path) -> None:
+    """Unplug and replug one device: taint in the slice, Unhealthy on the health stream, and back."""
+    name, path = "video0", dev / "video0"
+    await wait_for(lambda: kubelet.health(DRIVER, NODE, name)[0] == "Healthy", 30, "health stream open")
+    taint, unhealthy, untaint, healthy = [], [], [], []
+    for _ in range(args.unplugs):
+        reports = len(kubelet.reports)
+        start = time.monotonic()
+        path.unlink()
+        await wait_for(functools.partial(_settled, api, kubelet, reports, True), 10, "tainted, Unhealthy")
+        taint.append(api.writes[-1].at - start)
+        unhealthy.append((_first_report(kubelet, reports, name, "Unhealthy") or 0) - start)
+        reports = len(kubelet.reports)
+        start = time.monotonic()
+        mknod(path)
+        await wait_for(functools.partial(_settled, api, kubelet, reports, False), 10, "untainted, Healthy")
+        untaint.append(api.writes[-1].at - start)
+        healthy.append((_first_report(kubelet, reports, name, "Healthy") or 0) - start)
+    ms = [f"{pct(v, 50) * 1000:.1f} / {pct(v, 99) * 1000:.1f} ms" for v in (taint, unhealthy)]
+    report(f"unplug -> taint in the slice, {args.unplugs} cycles, p50/p99", ms[0], "p99 <= 1 s")
+    report("unplug -> Unhealthy on the health stream, p50/p99", ms[1], "p99 <= 2 s")
+    report("replug -> taint gone / Healthy again, p99", f"{pct(untaint, 99) * 1000:.1f} / "
+           f"{pct(healthy, 99) * 1000:.1f} ms", "-")
 
 
 def main() -> int:
@@ -128,6 +183,7 @@ def configure(args: argparse.Namespace) -> None:
     args.events = 50 if args.quick else 200
     args.prepares = 200 if args.quick else 1000
     args.idle = 5.0 if args.quick else 30.0
+    args.unplugs = 30 if args.quick else 100
 
 
 if __name__ == "__main__":

@@ -56,6 +56,8 @@ NODE=$(kubectl get nodes -o jsonpath='{.items[0].metadata.name}' 2>/dev/null)
 TMP=$(mktemp -d)
 FAILS=0
 T0=$(date +%s%N)
+# The removal grace of unplugged devices (step 6a needs > 60 s: "still Unhealthy after 60 s").
+GRACE=${SDM_SMOKE_GRACE:-90}
 DAEMON_PID=""
 CLASSES_PID=""
 MADE_TTY=""
@@ -137,7 +139,8 @@ if [[ $MODE == host ]]; then
   printf -- '- devicematch: ^sdm-smoke[0-9]+$\n  nummaxdevices: 1\n- devicematch: ^sdm-share0$\n  nummaxdevices: 2\n- devicematch: ^sdm-ch340$\n  nummaxdevices: 1\n- devicematch: ^ttyUSB0$\n  nummaxdevices: 1\n' \
     >"$TMP/conf.yaml"
   "$PY" -m smarter_device_manager dra --node-name "$NODE" --kubeconfig "${KUBECONFIG:-$HOME/.kube/config}" \
-    --config "$TMP/conf.yaml" --state-dir "$TMP/state" --sys-dir "$SYS" --http-address 127.0.0.1:18089 >"$TMP/daemon.log" 2>&1 &
+    --config "$TMP/conf.yaml" --state-dir "$TMP/state" --sys-dir "$SYS" --http-address 127.0.0.1:18089 \
+    --removal-grace "$GRACE" >"$TMP/daemon.log" 2>&1 &
   DAEMON_PID=$!
   # What the chart runs besides: the dra-classes controller (the admin kubeconfig here).
   "$PY" -m smarter_device_manager dra-classes --kubeconfig "${KUBECONFIG:-$HOME/.kube/config}" --grace 30 \
@@ -165,15 +168,16 @@ else
   fi
   VALUES=$("$PY" -c '
 import json, sys
-config, node, image, api, sys_dir = sys.argv[1:]
+config, node, image, api, sys_dir, grace = sys.argv[1:]
 dra = {"enabled": True, "hostSys": sys_dir}  # the fake sysfs tree (step 1) instead of /sys
 if api:
     dra["apiServer"] = {"host": api.rsplit(":", 1)[0], "port": int(api.rsplit(":", 1)[1])}
 print(json.dumps({"fullnameOverride": "sdm-smoke", "config": json.loads(config), "logLevel": "debug",
+                  "removalGrace": int(grace),
                   # this node only (null drops the chart default label; Helm merges maps)
                   "nodeSelector": {"smarter-device-manager": None, "kubernetes.io/hostname": node},
                   "image": {"repository": image.rsplit(":", 1)[0], "tag": image.rsplit(":", 1)[1],
-                            "pullPolicy": "Never"}, "dra": dra}))' "$CONFIG" "$NODE" "$IMAGE" "$API" "$SYS")
+                            "pullPolicy": "Never"}, "dra": dra}))' "$CONFIG" "$NODE" "$IMAGE" "$API" "$SYS" "$GRACE")
   if command -v helm >/dev/null; then
     echo "$VALUES" >"$TMP/values.json"
     helm template sdm-smoke "$HERE/charts/smarter-device-manager" -n "$NS" -f "$TMP/values.json" >"$TMP/rendered.yaml"
@@ -402,13 +406,139 @@ if wait_until 10 eval '[[ $(slice_devices) == *sdm-smoke2* ]]'; then
 else
   fail "sdm-smoke2 not in the slice after 10 s: $(slice_devices)"
 fi
+taints_of() {  # DEVICE -> its taints in our slices, as JSON
+  kubectl get resourceslices --field-selector "spec.nodeName=$NODE,spec.driver=$DRIVER" \
+    -o jsonpath='{.items[*].spec.devices[?(@.name=="'"$1"'")].taints}' 2>/dev/null
+}
 t=$(date +%s%N)
 rm -f /dev/sdm-smoke2
-if wait_until 10 eval '[[ $(slice_devices) != *sdm-smoke2* ]]'; then
-  pass "unplugged /dev/sdm-smoke2: gone from the ResourceSlice after $(ms_since "$t") ms; slice: $(slice_devices)"
+if wait_until 10 eval '[[ $(taints_of sdm-smoke2) == *"$DRIVER/unplugged"* ]]'; then
+  pass "unplugged /dev/sdm-smoke2: tainted in the ResourceSlice after $(ms_since "$t") ms: $(taints_of sdm-smoke2)"
 else
-  fail "sdm-smoke2 still in the slice after 10 s"
+  fail "sdm-smoke2 not tainted after 10 s: '$(taints_of sdm-smoke2)'"
 fi
+if wait_until $((GRACE + 30)) eval '[[ $(slice_devices) != *sdm-smoke2* ]]'; then
+  pass "sdm-smoke2 left the ResourceSlice after the removal grace ($GRACE s): $(ms_since "$t") ms after the unplug"
+else
+  fail "sdm-smoke2 still in the slice $((GRACE + 30)) s after the unplug"
+fi
+
+# ---- 6a. device health in the pod's status, and the taint (ResourceHealthStatus, DRADeviceTaints)
+health_of() {  # POD -> "<health> <message>" of its first device
+  k get pod "$1" -o jsonpath='{.status.containerStatuses[0].allocatedResourcesStatus[0].resources[0].health} {.status.containerStatuses[0].allocatedResourcesStatus[0].resources[0].message}' 2>/dev/null
+}
+if wait_until 60 eval '[[ $(health_of smoke-c) == Healthy* ]]'; then
+  pass "pod smoke-c's allocatedResourcesStatus: $(k get pod smoke-c -o jsonpath='{.status.containerStatuses[0].allocatedResourcesStatus}')"
+else
+  fail "pod smoke-c's device health: '$(health_of smoke-c)' (want Healthy); daemon log: $(daemon_log | grep -i health | tail -2)"
+fi
+t=$(date +%s%N)
+rm -f /dev/sdm-smoke1
+if wait_until 10 eval '[[ $(health_of smoke-c) == "Unhealthy unplugged"* ]]'; then
+  took=$(ms_since "$t")
+  if ((took <= 2000)); then
+    pass "unplugged /dev/sdm-smoke1: pod smoke-c shows '$(health_of smoke-c)' after $took ms (target <= 2 s, kubectl polling included)"
+  else
+    fail "pod smoke-c became Unhealthy only after $took ms (target <= 2 s)"
+  fi
+else
+  fail "pod smoke-c's device health 10 s after the unplug: '$(health_of smoke-c)'"
+fi
+stamp=$(taints_of sdm-smoke1)
+[[ $stamp == *'"effect":"NoSchedule"'* && $stamp == *timeAdded* ]] && pass "sdm-smoke1's taint: $stamp" ||
+  fail "sdm-smoke1's taint: '$stamp'"
+# A new claim for that device stays unallocated; one that tolerates the taint gets it.
+for tol in no yes; do
+  toleration=""
+  [[ $tol == yes ]] && toleration="tolerations: [{key: $DRIVER/unplugged, operator: Exists, effect: NoSchedule}]"
+  cat <<YAML | kubectl apply -f - >/dev/null
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaim
+metadata: {name: smoke-taint-$tol, namespace: $NS}
+spec:
+  devices:
+    requests:
+    - name: dev
+      exactly:
+        deviceClassName: $DRIVER
+        selectors:
+        - cel: {expression: 'device.attributes["$DRIVER"].path == "/dev/sdm-smoke1"'}
+        $toleration
+YAML
+  mkpod "smoke-taint-$tol" "resourceClaimName: smoke-taint-$tol" | kubectl apply -f - >/dev/null
+done
+allocated() { k get resourceclaim "$1" -o jsonpath='{.status.allocation.devices.results[0].device}' 2>/dev/null; }
+if wait_until 30 eval '[[ $(allocated smoke-taint-yes) == sdm-smoke1 ]]'; then
+  pass "a claim tolerating $DRIVER/unplugged was allocated the unplugged sdm-smoke1"
+else
+  fail "the tolerating claim: allocated '$(allocated smoke-taint-yes)'"
+fi
+if [[ -z $(allocated smoke-taint-no) && $(phase smoke-taint-no) == Pending ]]; then
+  pass "a claim without the toleration stays unallocated, its pod Pending: $(k get pod smoke-taint-no -o jsonpath='{.status.conditions[0].message}' | cut -c1-160)"
+else
+  fail "the claim without the toleration: allocated '$(allocated smoke-taint-no)', pod $(phase smoke-taint-no)"
+fi
+k delete pod smoke-taint-no smoke-taint-yes --wait=false >/dev/null 2>&1
+k delete resourceclaim smoke-taint-no smoke-taint-yes --wait=false >/dev/null 2>&1
+wait_until 90 eval '(( $(ms_since "$t") >= 62000 ))'
+[[ $(health_of smoke-c) == "Unhealthy unplugged"* ]] && pass "62 s after the unplug: '$(health_of smoke-c)'" ||
+  fail "62 s after the unplug: '$(health_of smoke-c)' (want Unhealthy)"
+t=$(date +%s%N)
+mknod -m 0666 /dev/sdm-smoke1 c 1 3
+if wait_until 10 eval '[[ $(health_of smoke-c) == "Healthy " && -z $(taints_of sdm-smoke1) ]]'; then
+  pass "replugged /dev/sdm-smoke1: Healthy and untainted after $(ms_since "$t") ms"
+else
+  fail "after the replug: health '$(health_of smoke-c)', taints '$(taints_of sdm-smoke1)'"
+fi
+# The daemon stopped: the kubelet's stream ends and the device shows Unknown. Then it comes back
+# with --unplugged-taint-effect NoExecute, and an unplug evicts the pod that holds the device.
+if [[ $MODE == host ]]; then
+  kill -TERM "$DAEMON_PID"
+  wait "$DAEMON_PID" 2>/dev/null
+  if wait_until 20 eval '[[ $(health_of smoke-c) == Unknown* ]]'; then
+    pass "daemon stopped: smoke-c shows '$(health_of smoke-c)'"
+  else
+    fail "daemon stopped: smoke-c shows '$(health_of smoke-c)' (want Unknown)"
+  fi
+  "$PY" -m smarter_device_manager dra --node-name "$NODE" --kubeconfig "${KUBECONFIG:-$HOME/.kube/config}" \
+    --config "$TMP/conf.yaml" --state-dir "$TMP/state" --sys-dir "$SYS" --http-address 127.0.0.1:18089 \
+    --removal-grace "$GRACE" --unplugged-taint-effect NoExecute >>"$TMP/daemon.log" 2>&1 &
+  DAEMON_PID=$!
+else
+  k patch ds sdm-smoke-dra --type merge -p '{"spec":{"template":{"spec":{"nodeSelector":{"sdm-smoke-off":"yes"}}}}}' >/dev/null
+  if wait_until 60 eval '[[ $(health_of smoke-c) == Unknown* ]]'; then
+    pass "daemon stopped: smoke-c shows '$(health_of smoke-c)'"
+  else
+    fail "daemon stopped: smoke-c shows '$(health_of smoke-c)' (want Unknown)"
+  fi
+  k get ds sdm-smoke-dra -o json | "$PY" -c '
+import json, sys
+ds = json.load(sys.stdin)
+spec = ds["spec"]["template"]["spec"]
+spec["nodeSelector"].pop("sdm-smoke-off", None)
+c = spec["containers"][0]
+c["args"] = [a.replace("--unplugged-taint-effect=NoSchedule", "--unplugged-taint-effect=NoExecute") for a in c["args"]]
+for key in ("resourceVersion", "uid", "creationTimestamp", "generation", "managedFields"):
+    ds["metadata"].pop(key, None)
+ds.pop("status", None)
+print(json.dumps(ds))' | kubectl replace -f - >/dev/null
+fi
+wait_until 120 ready || fail "the daemon is not Ready again with NoExecute: $(readyz)"
+if wait_until 60 eval '[[ $(health_of smoke-c) == Healthy* ]]'; then
+  pass "daemon back (NoExecute): smoke-c is Healthy again"
+else
+  fail "daemon back: smoke-c shows '$(health_of smoke-c)'"
+fi
+t=$(date +%s%N)
+rm -f /dev/sdm-smoke1
+evicted() { [[ -z $(phase smoke-c) || -n $(k get pod smoke-c -o jsonpath='{.metadata.deletionTimestamp}' 2>/dev/null) ]]; }
+if wait_until 120 evicted; then
+  pass "NoExecute: pod smoke-c (holding the unplugged sdm-smoke1) evicted after $(ms_since "$t") ms"
+  k get events --field-selector involvedObject.name=smoke-c 2>/dev/null | tail -3 | cut -c1-200 | sed 's/^/     /'
+else
+  fail "NoExecute: pod smoke-c still there 120 s after the unplug; taint: $(taints_of sdm-smoke1)"
+fi
+mknod -m 0666 /dev/sdm-smoke1 c 1 3
 
 # ---- 7. kubelet restart
 RESTART=${SDM_SMOKE_KUBELET_RESTART:-}

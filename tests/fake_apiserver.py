@@ -13,7 +13,10 @@ ResourceClaims (namespaced) of ``resource.k8s.io/v1`` and answers, as the real o
 * bearer-token authentication (401), and the validation the real server applies to a
   ResourceSlice, mirrored from the Kubernetes 1.36 source (see ``_invalid``: lengths in bytes,
   duplicate device names, the per-slice device limits, attribute name rules, immutable fields on
-  update) as 422 Invalid with the real message format.
+  update) as 422 Invalid with the real message format;
+* device taints as 1.36 has them (DRADeviceTaints, beta and on): a taint without ``timeAdded``
+  gets the time it arrived, to the second (defaulting, before validation); key, effect and 16
+  per device are validated (``_taint_problems``; the 64-device limit is ``_invalid``'s).
 
 Faults to inject: ``fail_next`` (the next requests answer with these statuses), ``delay`` (every
 answer waits), ``forbid`` (RBAC: 403 with the real message for that verb and resource),
@@ -304,7 +307,7 @@ current-context: sdm@stand-in
 
     def _store(self, verb: str, obj: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         name = str((obj.get("metadata") or {}).get("name", ""))
-        problems = _invalid(obj, self.slices.get(name) if verb == "update" else None)
+        problems = _taint_problems(obj) + _invalid(obj, self.slices.get(name) if verb == "update" else None)
         if problems:
             # K/staging/src/k8s.io/apimachinery/pkg/api/errors/errors.go:284-311 (NewInvalid)
             unique = list(dict.fromkeys(problems))
@@ -565,7 +568,7 @@ def _selected(obj: dict[str, Any], selector: dict[str, str]) -> bool:
 # copy in openshift/microshift's deps), V = K/pkg/apis/resource/validation/validation.go. The
 # registry strategy (K/pkg/registry/resource/resourceslice/strategy.go:61-64, 100-102) returns these
 # hand-written errors unchanged. Go's len() counts bytes: every length here is of the UTF-8 encoding.
-# Not mirrored (a driver of ours never sends them): taints, consumesCounters, sharedCounters' own
+# Not mirrored (a driver of ours never sends them): consumesCounters, sharedCounters' own
 # rules, perDeviceNodeSelection per device, binding conditions, nodeSelector contents.
 MAX_DEVICES = 128  # ResourceSliceMaxDevices, K/pkg/apis/resource/types.go:257
 MAX_DEVICES_ADVANCED = 64  # ResourceSliceMaxDevicesWithAdvancedFeatures, types.go:264 (V:713-716)
@@ -848,6 +851,32 @@ def _invalid(obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[str
             duplicates.append(f"spec.devices[{number}]: Duplicate value: {_q(name)}")
         seen.add(name)
     return errors + duplicates
+
+
+_TAINT_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+
+
+def _taint_problems(obj: dict[str, Any]) -> list[str]:
+    """Default each taint's ``timeAdded`` as the server does (v1/defaults.go), then the taint rules
+    of 1.36's validation (V:845-853, 1505-1522)."""
+    problems = []
+    devices = (obj.get("spec") or {}).get("devices") or []
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    for number, device in enumerate(devices):
+        taints = device.get("taints") or []
+        if len(taints) > 16:
+            problems.append(f"spec.devices[{number}].taints: Too many: {len(taints)}: "
+                            "must have at most 16 items")
+        for index, taint in enumerate(taints):
+            where = f"spec.devices[{number}].taints[{index}]"
+            taint.setdefault("timeAdded", now)
+            prefix, _, name = str(taint.get("key", "")).rpartition("/")
+            if len(name) > 63 or not _TAINT_NAME.match(name) or (prefix and not _SUBDOMAIN.match(prefix)):
+                problems.append(f"{where}.key: Invalid value: {taint.get('key')!r}: not a label key")
+            if taint.get("effect") not in ("NoExecute", "NoSchedule", "None"):
+                problems.append(f"{where}.effect: Unsupported value: {taint.get('effect')!r}: "
+                                'supported values: "NoExecute", "NoSchedule", "None"')
+    return problems
 
 
 _SUBDOMAIN = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")

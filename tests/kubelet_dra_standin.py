@@ -16,7 +16,16 @@ smoke_dra.py wire facts:
 * calls ``NodePrepareResources`` / ``NodeUnprepareResources`` on the registered endpoint with
   real protobuf stubs generated from our .protos (tests/dra_pb2.py);
 * ``restart()`` is a kubelet restart: it wipes the node's slices at the API server stand-in (the
-  real kubelet deletes them when it starts) and registers every plugin again.
+  real kubelet deletes them when it starts) and registers every plugin again;
+* device health (ResourceHealthStatus), as 1.36's kubelet does it (pkg/kubelet/cm/dra:
+  plugin/dra_plugin_manager.go, manager.go, healthinfo.go): after a registration it calls
+  ``NodeWatchResources`` on the plugin's endpoint (1.36: ``v1alpha1`` whatever GetInfo listed;
+  ``kubernetes="1.37"``: the newest of ``v1``/``v1alpha1`` that GetInfo listed, none if neither),
+  stamps every report with its arrival time, takes each message as the complete list, calls a
+  device Unknown (message cleared) when nothing came for its ``health_check_timeout_seconds``
+  (30 s when unset), clears the driver's devices when the stream ends, and calls again 5 s later.
+  ``health()`` is what it would write into a pod's ``allocatedResourcesStatus``; ``reports`` keeps
+  every message with its arrival time.
 """
 
 from __future__ import annotations
@@ -26,20 +35,57 @@ import os
 import stat
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import dra_pb2 as dpb
+import drahealth_v1_grpc
+import drahealth_v1_pb2
+import drahealth_v1alpha1_grpc
+import drahealth_v1alpha1_pb2
 import pluginregistration_pb2 as rpb
 from dra_grpc import DRAPluginStub
 from fake_apiserver import FakeApiServer
 from grpclib.client import Channel
+from grpclib.exceptions import GRPCError, StreamTerminatedError
 from pluginregistration_grpc import RegistrationStub
+
+HEALTH_V1ALPHA1 = "v1alpha1.DRAResourceHealth"
+HEALTH_V1 = "v1.DRAResourceHealth"
+DEFAULT_HEALTH_TIMEOUT = 30.0
+HEALTH_NAMES = {0: "Unknown", 1: "Healthy", 2: "Unhealthy"}
+
+
+@dataclass
+class DeviceHealth:
+    """One device in the kubelet's health cache (state.DeviceHealth)."""
+
+    health: str
+    message: str
+    arrived: float  # time.monotonic() of the report: the kubelet's LastUpdated
+    timeout: float
+
+
+@dataclass
+class HealthReport:
+    arrived: float
+    driver: str
+    devices: dict[tuple[str, str], tuple[str, str, int]]  # (pool, device) -> (health, message, timeout)
 
 
 class KubeletDraStandin:
-    def __init__(self, registry_dir: str, node: str, api: FakeApiServer | None = None) -> None:
+    def __init__(self, registry_dir: str, node: str, api: FakeApiServer | None = None,
+                 kubernetes: str = "1.36", health_retry: float = 5.0) -> None:
         self.registry_dir = registry_dir
         self.node = node
         self.api = api
+        self.kubernetes = kubernetes
+        self.health_retry = health_retry
+        self.health_cache: dict[str, dict[tuple[str, str], DeviceHealth]] = {}  # driver -> devices
+        self.reports: list[HealthReport] = []
+        self.health_streams: dict[str, str] = {}  # driver -> the service name of its open stream
+        self.health_errors: list[str] = []
+        self._health_tasks: dict[str, asyncio.Task[None]] = {}  # endpoint -> its health stream
         self.plugins: dict[str, list[tuple[str, str]]] = {}  # driver -> [(registration socket, endpoint)]
         self.refused: list[str] = []
         self._seen: dict[str, tuple[int, int]] = {}  # socket path -> (inode, ctime) registered
@@ -67,6 +113,9 @@ class KubeletDraStandin:
             for entry in [p for p in plugins if p[0] == path]:
                 plugins.remove(entry)
                 self._stubs.pop(entry[1], None)
+                task = self._health_tasks.pop(entry[1], None)
+                if task is not None:  # the kubelet cancels the plugin's health stream on removal
+                    task.cancel()
             if not plugins:
                 del self.plugins[driver]
 
@@ -75,9 +124,13 @@ class KubeletDraStandin:
         self._task = asyncio.create_task(self._watch())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        tasks = [t for t in (self._task, *self._health_tasks.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._health_tasks.clear()
+        self.health_streams.clear()
+        self.health_cache.clear()
         for channel in self._channels:
             channel.close()
         self._channels.clear()
@@ -139,8 +192,71 @@ class KubeletDraStandin:
                 self.refused.append(error)
             else:
                 self.plugins.setdefault(info.name, []).append((path, info.endpoint))
+                self._start_health(info.name, info.endpoint, list(info.supported_versions))
         finally:
             channel.close()
+
+    # --- device health (ResourceHealthStatus) ---------------------------------------------------
+    def _health_service(self, supported: list[str]) -> str:
+        if self.kubernetes == "1.36":
+            return HEALTH_V1ALPHA1  # 1.36 does not look at GetInfo for it
+        for service in (HEALTH_V1, HEALTH_V1ALPHA1):  # 1.37: pickHealthService, v1 first
+            if service in supported:
+                return service
+        return ""
+
+    def _start_health(self, driver: str, endpoint: str, supported: list[str]) -> None:
+        """One stream per registered plugin (endpoint), as the kubelet opens one per connection."""
+        old = self._health_tasks.pop(endpoint, None)
+        if old is not None:
+            old.cancel()
+        service = self._health_service(supported)
+        if service:
+            self._health_tasks[endpoint] = asyncio.create_task(self._watch_health(driver, endpoint, service))
+
+    async def _watch_health(self, driver: str, endpoint: str, service: str) -> None:
+        """wait.UntilWithContext(..., 5 s) around NodeWatchResources + HandleWatchResourcesStream."""
+        while True:
+            channel = Channel(path=endpoint)
+            try:
+                stub: Any = (drahealth_v1_grpc.DRAResourceHealthStub(channel) if service == HEALTH_V1
+                             else drahealth_v1alpha1_grpc.DRAResourceHealthStub(channel))
+                request = (drahealth_v1_pb2 if service == HEALTH_V1 else drahealth_v1alpha1_pb2) \
+                    .NodeWatchResourcesRequest()
+                async with stub.NodeWatchResources.open() as stream:
+                    await stream.send_message(request, end=True)
+                    self.health_streams[driver] = service
+                    async for response in stream:
+                        self._take_health(driver, response)
+            except (GRPCError, StreamTerminatedError, OSError, ConnectionError) as exc:
+                self.health_errors.append(f"{driver}: {type(exc).__name__}: {exc}")
+            finally:
+                channel.close()
+                self.health_streams.pop(driver, None)
+                self.health_cache.pop(driver, None)  # manager.go: clearDriver on stream exit
+            await asyncio.sleep(self.health_retry)
+
+    def _take_health(self, driver: str, response: Any) -> None:
+        """healthinfo.go updateHealthInfo: every reported device stamped with the arrival time."""
+        now = time.monotonic()
+        cache = self.health_cache.setdefault(driver, {})
+        report = HealthReport(now, driver, {})
+        for device in response.devices:
+            key = (device.device.pool_name, device.device.device_name)
+            seconds = device.health_check_timeout_seconds
+            timeout = float(seconds) if seconds > 0 else DEFAULT_HEALTH_TIMEOUT
+            message = device.message if len(device.message) <= 1024 else device.message[:1021] + "..."
+            health = HEALTH_NAMES.get(device.health, "Unknown")
+            cache[key] = DeviceHealth(health, message, now, timeout)
+            report.devices[key] = (health, message, seconds)
+        self.reports.append(report)
+
+    def health(self, driver: str, pool: str, device: str) -> tuple[str, str]:
+        """(health, message) as getHealthInfo gives it to the pod's status; Unknown when stale."""
+        known = self.health_cache.get(driver, {}).get((pool, device))
+        if known is None or time.monotonic() - known.arrived > known.timeout:
+            return "Unknown", ""
+        return known.health, known.message
 
     def _stub(self, driver: str, endpoint: str | None = None) -> DRAPluginStub:
         """One connection per endpoint, kept, as the kubelet keeps its gRPC connection. Without

@@ -13,9 +13,12 @@ import random
 from typing import Any
 
 import dra_pb2
+import drahealth_v1_pb2
+import drahealth_v1alpha1_pb2
 import pluginregistration_pb2
 import pytest
 from google.protobuf.descriptor import FieldDescriptor
+from grpclib.const import Cardinality
 
 from smarter_device_manager.api import dra as ours
 from smarter_device_manager.api import messages as codec
@@ -24,9 +27,13 @@ KINDS = {
     FieldDescriptor.TYPE_STRING: codec.STRING,
     FieldDescriptor.TYPE_BOOL: codec.BOOL,
     FieldDescriptor.TYPE_MESSAGE: codec.MESSAGE,
+    FieldDescriptor.TYPE_INT64: codec.INT,
+    FieldDescriptor.TYPE_ENUM: codec.INT,  # a varint on the wire, as int32
 }
+HEALTH_MODULES = (drahealth_v1alpha1_pb2, drahealth_v1_pb2)
 CASES = [(cls, dra_pb2) for cls in ours.DRA_MESSAGES] + \
-    [(cls, pluginregistration_pb2) for cls in ours.REGISTRATION_MESSAGES]
+    [(cls, pluginregistration_pb2) for cls in ours.REGISTRATION_MESSAGES] + \
+    [(cls, module) for module in HEALTH_MODULES for cls in ours.HEALTH_MESSAGES]
 
 
 def _shape(descriptor: Any) -> list[tuple[int, str, int, bool, str | None, bool]]:
@@ -48,6 +55,8 @@ def test_every_message_has_the_protos_fields() -> None:
     assert {cls.__name__ for cls in ours.DRA_MESSAGES} == set(dra_pb2.DESCRIPTOR.message_types_by_name)
     assert {cls.__name__ for cls in ours.REGISTRATION_MESSAGES} == \
         set(pluginregistration_pb2.DESCRIPTOR.message_types_by_name)
+    for module in HEALTH_MODULES:
+        assert {cls.__name__ for cls in ours.HEALTH_MESSAGES} == set(module.DESCRIPTOR.message_types_by_name)
     for cls, module in CASES:
         expected = _shape(module.DESCRIPTOR.message_types_by_name[cls.__name__])
         actual = [(f.number, f.name, f.kind, f.repeated, f.message.__name__ if f.message else None,
@@ -68,6 +77,23 @@ def test_service_paths_match_the_protos() -> None:
         ours.REGISTRATION_SERVICE
 
 
+def test_health_service_answers_under_both_versions() -> None:
+    expected = {}
+    for module in HEALTH_MODULES:
+        descriptor = module.DESCRIPTOR.services_by_name["DRAResourceHealth"]
+        assert descriptor.full_name in ours.HEALTH_SERVICES
+        for m in descriptor.methods:
+            assert m.server_streaming and not m.client_streaming
+            expected[f"/{descriptor.full_name}/{m.name}"] = (m.input_type.name, m.output_type.name)
+    mapping = ours.DRAResourceHealthService().__mapping__()
+    assert {path: (h.request_type.__name__, h.reply_type.__name__) for path, h in mapping.items()} == expected
+    assert {h.cardinality for h in mapping.values()} == {Cardinality.UNARY_STREAM}
+    # the enum's numbers are the proto's
+    for module in HEALTH_MODULES:
+        assert (module.UNKNOWN, module.HEALTHY, module.UNHEALTHY) == \
+            (ours.UNKNOWN, ours.HEALTHY, ours.UNHEALTHY)
+
+
 def _random(rng: random.Random, cls: type[codec.Message], depth: int = 0) -> codec.Message:
     values: dict[str, Any] = {}
     for field in cls.FIELDS:
@@ -76,6 +102,9 @@ def _random(rng: random.Random, cls: type[codec.Message], depth: int = 0) -> cod
                 return "".join(rng.choice("ab/é_-0=\u2603") for _ in range(rng.randint(0, 6)))
             if f.kind == codec.BOOL:
                 return rng.random() < 0.5
+            if f.kind == codec.INT:
+                return rng.choice([0, 1, 2, 1_752_000_000, -1, -(1 << 63), (1 << 63) - 1]) \
+                    if f.name != "health" else rng.randint(0, 2)
             assert f.message is not None
             return _random(rng, f.message, depth + 1) if depth < 3 else f.message()
 
@@ -148,3 +177,8 @@ def test_hand_checked_wire_bytes() -> None:
     info = ours.PluginInfo(type="DRAPlugin", name="d.io", endpoint="/s", supported_versions=["v1.DRAPlugin"])
     assert pluginregistration_pb2.PluginInfo.FromString(info.SerializeToString()).supported_versions == \
         ["v1.DRAPlugin"]
+    # a negative int64 is ten bytes of two's complement; the enum a plain varint
+    health = ours.DeviceHealth(health=ours.UNHEALTHY, health_check_timeout_seconds=-1)
+    assert health.SerializeToString() == b"\x10\x02\x20" + b"\xff" * 9 + b"\x01"
+    theirs = drahealth_v1alpha1_pb2.DeviceHealth.FromString(health.SerializeToString())
+    assert theirs.health_check_timeout_seconds == -1

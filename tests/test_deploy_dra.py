@@ -27,7 +27,8 @@ sys_path = str(ROOT / "tools")
 Obj = dict[str, Any]
 DRA_OPTIONS = {"--driver-name", "--host-dev-dir", "--resource-prefix", "--kubelet-plugins-dir",
                "--kubelet-registry-dir", "--cdi-dir", "--log-level", "--log-format", "--http-address",
-               "--config", "--dev-dir", "--sys-dir", "--state-dir", "--node-name", "--kubeconfig"}
+               "--config", "--dev-dir", "--sys-dir", "--state-dir", "--node-name", "--kubeconfig",
+               "--removal-grace", "--unplugged-taint-effect"}
 VERSIONS = [v for v in all_versions() if tuple(int(p) for p in v.split(".")) >= (1, 34)]
 
 
@@ -80,6 +81,7 @@ def test_dra_objects(chart: helm.Chart) -> None:
     assert container["args"][0] == "dra"
     assert {a.split("=", 1)[0] for a in container["args"][1:]} <= DRA_OPTIONS
     assert "--driver-name=smarter-devices.io" in container["args"]
+    assert {"--removal-grace=300", "--unplugged-taint-effect=NoSchedule"} <= set(container["args"])
     env = {e["name"]: e for e in container["env"]}
     assert env["SDM_NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     # rolling updates without downtime: the new pod beside the old one, sockets named by pod UID

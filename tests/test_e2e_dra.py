@@ -55,6 +55,7 @@ class Dra:
     proc: DaemonProcess
     http_port: int
     sys_root: Path
+    extra: tuple[str, ...] = ()
 
     @property
     def cdi(self) -> Path:
@@ -69,7 +70,7 @@ class Dra:
 
     def restart_daemon(self) -> None:
         assert self.proc.stop() == 0
-        self.proc = start_daemon(self.node, self.api, self.http_port, self.sys_root)
+        self.proc = start_daemon(self.node, self.api, self.http_port, self.sys_root, *self.extra)
 
 
 def answers(dra: Dra, path: str) -> tuple[int, str]:
@@ -115,19 +116,22 @@ def make_devices(node: Node, sys_root: Path) -> FakeSysfs:
 
 
 @asynccontextmanager
-async def dra_node(node: Node, sys_root: Path, config: str = CONFIG,
-                   cdi_dir: bool = True, prelude: str | None = None) -> AsyncIterator[Dra]:
+async def dra_node(node: Node, sys_root: Path, config: str = CONFIG, cdi_dir: bool = True,
+                   extra: tuple[str, ...] = (),
+                   kubelet: KubeletDraStandin | None = None,
+                   prelude: str | None = None) -> AsyncIterator[Dra]:
     node.write_config(config)
     if cdi_dir:  # the host's, mounted by the chart (hostPath DirectoryOrCreate); never the daemon's job
         (node.root / "cdi").mkdir(exist_ok=True)
     api = FakeApiServer()
     api.add_node(NODE, NODE_UID)
     await api.start()
-    kubelet = KubeletDraStandin(str(node.root / "plugins_registry"), NODE, api)
+    if kubelet is None:
+        kubelet = KubeletDraStandin(str(node.root / "plugins_registry"), NODE, api)
     await kubelet.start()
     port = free_port()
-    proc = start_daemon(node, api, port, sys_root, prelude=prelude)
-    dra = Dra(node, api, kubelet, proc, port, sys_root)
+    proc = start_daemon(node, api, port, sys_root, *extra, prelude=prelude)
+    dra = Dra(node, api, kubelet, proc, port, sys_root, extra)
     try:
         await wait_for(lambda: DRIVER in kubelet.registered, 10, "registration")
         yield dra
@@ -229,8 +233,8 @@ def test_hotplug_unplug_and_config_reload_update_the_slice_with_one_write(node: 
             assert took < 1.0
             assert [w.verb for w in api.writes] == ["create", "update"]
             assert api.slices[SLICE]["spec"]["pool"]["generation"] == 2
-            (node.dev / "video1").unlink()
-            await wait_for(lambda: "video1" not in api.devices(NODE), 5, "unplug")
+            (node.dev / "video1").unlink()  # stays through the removal grace, tainted
+            await wait_for(lambda: "taints" in api.devices(NODE)["video1"], 5, "unplug")
             assert len(api.writes) == 3
             node.config.write_text(CONFIG.replace("^video[0-9]*$", "^nothing$"))
             await wait_for(lambda: "video0" not in api.devices(NODE), 5, "config reload")
@@ -380,9 +384,12 @@ def test_a_path_rule_device_is_named_by_identity_and_prepare_checks_it(node: Nod
             assert (f"device {name} was allocated as 7A3F21C4-usb-1-1.1-if00, but /dev/ttyACM0 is now "
                     "OTHER-usb-1-1.5-if00; refused") in error, error
             assert not answer.claims["uid-gps"].devices
-            # A rescan (SIGHUP) publishes the modem under its own name; the u-blox's name is gone.
+            # A rescan (SIGHUP) publishes the modem under its own name; the u-blox is gone (kept
+            # tainted through the removal grace, in case it comes back).
             dra.proc.popen.send_signal(signal.SIGHUP)
-            await wait_for(lambda: set(api.devices(NODE)) == {"ttyacm-other-if00"}, 10, "slices")
+            await wait_for(lambda: set(api.devices(NODE)) == {name, "ttyacm-other-if00"}, 10, "slices")
+            published = api.devices(NODE)
+            assert "taints" in published[name] and "taints" not in published["ttyacm-other-if00"]
             again = await dra.kubelet.prepare(DRIVER, ("default", "gps", "uid-gps"))
             assert f"device {name} is no longer on node {NODE}" in again.claims["uid-gps"].error
     run(scenario())

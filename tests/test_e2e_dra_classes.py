@@ -252,7 +252,8 @@ def test_classes_select_exactly_what_the_real_daemon_publishes(node: Node, tmp_p
 
     async def scenario() -> None:
         make_devices(node, tmp_path / "sys")
-        async with dra_node(node, tmp_path / "sys") as dra:
+        # --removal-grace 0: the unplugged device leaves the slice at once (no taint, no grace)
+        async with dra_node(node, tmp_path / "sys", extra=("--removal-grace", "0")) as dra:
             api = dra.api
             await wait_for(lambda: len(api.devices(NODE)) == 5, DEADLINE, "slices")
             async with controller(tmp_path, api, "--grace", "1") as (proc, _):

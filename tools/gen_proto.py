@@ -19,7 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 API = ROOT / "src" / "smarter_device_manager" / "api"
-PROTOS = ("deviceplugin.proto", "dra.proto", "pluginregistration.proto")
+PROTOS = ("deviceplugin.proto", "dra.proto", "pluginregistration.proto", "drahealth_v1alpha1.proto",
+          "drahealth_v1.proto")
 OUT = ROOT / "tests"
 OUTPUTS = tuple(f"{proto[:-len('.proto')]}{suffix}" for proto in PROTOS
                 for suffix in ("_pb2.py", "_pb2.pyi", "_grpc.py"))

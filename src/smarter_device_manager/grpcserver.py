@@ -1,7 +1,8 @@
 """gRPC over a unix socket: the server both modes host their services on.
 
 Device-plugin mode serves one DevicePlugin per resource on its own socket, DRA mode its DRA
-service and the plugin watcher's Registration service; each is one :class:`UnixServer`. What
+service with the health service on one socket (the kubelet dials one endpoint for both) and the
+plugin watcher's Registration service on another; each is one :class:`UnixServer`. What
 they share: the socket is ours only while its inode is the one we created (a stranger's file of
 the same name, or one the kubelet recreated, is not), anything at the path that is not a socket
 is never removed, and closing a server closes the connections it accepted.
@@ -57,7 +58,12 @@ def _closed(protocol: Any) -> bool:
 
 
 class UnixServer:
-    """One grpclib server hosting ``handler`` on the unix socket ``socket_path``, restartable."""
+    """One grpclib server hosting ``handler`` on the unix socket ``socket_path``, restartable.
+
+    ``handler`` may be a list of handlers served together on the one socket. A list rather than
+    a second attribute: device-plugin mode keeps one server per resource, and a slot costs on
+    each of them.
+    """
 
     __slots__ = ("_inode", "_server", "handler", "socket_path")
 
@@ -77,7 +83,7 @@ class UnixServer:
     async def start(self) -> None:
         """Serve on a fresh socket (whatever socket was at the path is replaced)."""
         remove_socket(self.socket_path)
-        server = ClosingServer([self.handler])
+        server = ClosingServer(self.handler if isinstance(self.handler, list) else [self.handler])
         await server.start(path=self.socket_path)
         self._server = server
         self._inode = os.stat(self.socket_path).st_ino

@@ -5,7 +5,8 @@ and the protobuf runtime would cost 3.6 MiB (upb) to 5.0 MiB (pure Python, what 
 gets) for eleven small messages. ``messages.py`` already has everything but ``map<string,
 Message>`` and ``optional``, which were added there (tested once for both modes).
 
-The schemas are ``dra.proto`` and ``pluginregistration.proto`` next to this file;
+The schemas are ``dra.proto``, ``pluginregistration.proto`` and ``drahealth_v1alpha1.proto`` /
+``drahealth_v1.proto`` (the same messages under two packages) next to this file;
 ``tests/test_api_dra.py`` checks every class against protoc's descriptors (names, numbers, types,
 labels, service paths) and round-trips random messages with the real protobuf runtime. Only DRA
 mode imports this module.
@@ -17,13 +18,18 @@ from typing import Any
 
 from grpclib.const import Cardinality, Handler
 
-from smarter_device_manager.api.messages import BOOL, MAP, MESSAGE, STRING, Field, Message
+from smarter_device_manager.api.messages import BOOL, INT, MAP, MESSAGE, STRING, Field, Message
 
 DRA_SERVICE = "k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin"
 REGISTRATION_SERVICE = "pluginregistration.Registration"
 # What GetInfo lists as supported_versions: the kubelet's name for the v1 DRAPlugin service.
 DRA_V1 = "v1.DRAPlugin"
 PLUGIN_TYPE = "DRAPlugin"
+# The kubelet's health service (ResourceHealthStatus): 1.36 calls v1alpha1 whatever GetInfo says;
+# 1.37 calls the newest one GetInfo lists. Same messages in both; the gRPC service name is also
+# what GetInfo lists.
+HEALTH_SERVICES = ("v1alpha1.DRAResourceHealth", "v1.DRAResourceHealth")
+UNKNOWN, HEALTHY, UNHEALTHY = range(3)  # enum HealthStatus
 
 
 class Claim(Message):
@@ -110,6 +116,37 @@ REGISTRATION_MESSAGES: tuple[type[Message], ...] = (
 )
 
 
+class NodeWatchResourcesRequest(Message):
+    pass
+
+
+class DeviceIdentifier(Message):
+    pool_name: str
+    device_name: str
+    FIELDS = (Field(1, "pool_name", STRING), Field(2, "device_name", STRING))
+
+
+class DeviceHealth(Message):
+    device: DeviceIdentifier | None
+    health: int
+    last_updated_time: int
+    health_check_timeout_seconds: int
+    message: str
+    FIELDS = (Field(1, "device", MESSAGE, message=DeviceIdentifier), Field(2, "health", INT),
+              Field(3, "last_updated_time", INT), Field(4, "health_check_timeout_seconds", INT),
+              Field(5, "message", STRING))
+
+
+class NodeWatchResourcesResponse(Message):
+    devices: list[DeviceHealth]
+    FIELDS = (Field(1, "devices", MESSAGE, repeated=True, message=DeviceHealth),)
+
+
+HEALTH_MESSAGES: tuple[type[Message], ...] = (
+    NodeWatchResourcesRequest, DeviceIdentifier, DeviceHealth, NodeWatchResourcesResponse,
+)
+
+
 class DRAPluginService:
     """Base of the DRA node service: a subclass defines the two async handlers.
 
@@ -155,3 +192,17 @@ class RegistrationService:
                 self.NotifyRegistrationStatus, Cardinality.UNARY_UNARY, RegistrationStatus,
                 RegistrationStatusResponse),
         }
+
+
+class DRAResourceHealthService:
+    """Base of the health service: one handler answering under both service names."""
+
+    __slots__ = ()
+
+    async def NodeWatchResources(self, stream: Any) -> None:
+        raise NotImplementedError
+
+    def __mapping__(self) -> dict[str, Handler]:
+        return {f"/{service}/NodeWatchResources": Handler(
+            self.NodeWatchResources, Cardinality.UNARY_STREAM, NodeWatchResourcesRequest,
+            NodeWatchResourcesResponse) for service in HEALTH_SERVICES}

@@ -23,6 +23,7 @@ from smarter_device_manager.options import (
     daemon_options,
     discovery_options,
     load_or_exit,
+    parse_duration,
     resolve_config,
 )
 
@@ -30,6 +31,8 @@ DEFAULT_DRIVER = "smarter-devices.io"
 DEFAULT_PLUGINS_DIR = "/var/lib/kubelet/plugins"
 DEFAULT_REGISTRY_DIR = "/var/lib/kubelet/plugins_registry"
 DEFAULT_CDI_DIR = "/var/run/cdi"
+DEFAULT_REMOVAL_GRACE = "300"
+TAINT_EFFECTS = ("NoSchedule", "NoExecute")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 
 
@@ -82,6 +85,25 @@ def absolute_dir(text: str) -> str:
     return text.rstrip("/") or "/"
 
 
+def removal_grace(text: str) -> float:
+    """A duration of at most a day: a device kept longer would hold its claims' pods for nothing."""
+    seconds = parse_duration(text)
+    if seconds > 24 * 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than a day; an unplugged device would stay "
+                                         "in the slice (tainted) that long")
+    return seconds
+
+
+def taint_effect(text: str) -> str:
+    """NoSchedule or NoExecute, in the API's spelling (case-insensitive here)."""
+    for effect in TAINT_EFFECTS:
+        if text.lower() == effect.lower():
+            return effect
+    raise argparse.ArgumentTypeError(f"invalid taint effect: {text!r} (choose from "
+                                     f"{', '.join(TAINT_EFFECTS)}; NoExecute also evicts the pods that "
+                                     "hold an unplugged device)")
+
+
 def add_parser(sub: Any) -> Any:
     """The ``dra`` subcommand's parser (an ``options.Parser``: every option also from its
     variable, checked by the same function as the flag)."""
@@ -106,6 +128,15 @@ def add_parser(sub: Any) -> Any:
     dra.add_env_option("--state-dir", absolute_dir, None, metavar="DIR",
                        help="where the checkpoint of prepared claims is kept (default "
                        "<kubelet-plugins-dir>/<driver>)")
+    dra.add_env_option("--removal-grace", removal_grace, DEFAULT_REMOVAL_GRACE, metavar="DURATION",
+                       help="how long an unplugged device stays in the slice, tainted and Unhealthy, "
+                       f"in case it comes back, e.g. 300, 5m; 0 drops it at once (default "
+                       f"{DEFAULT_REMOVAL_GRACE} s)")
+    dra.add_env_option("--unplugged-taint-effect", taint_effect, "NoSchedule",
+                       metavar="{NoSchedule,NoExecute}",
+                       help="the effect of the taint on an unplugged device: NoSchedule keeps new "
+                       "claims off it; NoExecute also has the pods holding it evicted (default "
+                       "NoSchedule)")
     dra.add_env_option("--pod-uid", pod_uid, "", metavar="UID",
                        help="this pod's UID (the chart sets it from metadata.uid): names our sockets "
                        "<driver>-<uid>-reg.sock and dra-<uid>.sock so that a new pod can run beside the "
@@ -168,6 +199,8 @@ def run(args: argparse.Namespace) -> int:
         state_dir=args.state_dir or os.path.join(args.kubelet_plugins_dir, args.driver_name),
         http_host=http[0] if http else None,
         http_port=http[1] if http else 0,
+        removal_grace=args.removal_grace,
+        unplugged_taint_effect=args.unplugged_taint_effect,
         pod_uid=args.pod_uid,
     )
 

@@ -5,7 +5,10 @@ The same one-way flow as device-plugin mode, reusing its pieces unchanged: the i
 and the config loader. A burst of events becomes one rescan after a short quiet period; a rescan
 turns the inventory into DRA devices (``devices.py``), rewrites the node-wide CDI spec if it
 changed, and hands the devices to the publisher, which makes the fewest API writes. Prepared
-claims live in the node service and its checkpoint and never wait for the API server.
+claims live in the node service and its checkpoint and never wait for the API server. A device
+that goes stays through ``--removal-grace`` (``unplugged.py``: tainted in the slice, Unhealthy on
+the health stream that ``health.py`` serves on the DRA socket); the worker also wakes when a
+grace ends.
 
 Rolling updates (``--pod-uid``): two daemons may run on a node at once, the new pod beside the
 old. Each serves its own sockets, named with its pod's UID (``<driver>-<uid>-reg.sock`` and
@@ -23,13 +26,16 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass
+from typing import Any
 
 from smarter_device_manager import __version__, cdi
 from smarter_device_manager.config import reread
 from smarter_device_manager.discovery import KIND_DIRECTORY, directory_nodes, discover
 from smarter_device_manager.dra.boundnames import BoundNames
 from smarter_device_manager.dra.devices import DraDevice, Paths, cdi_device, dra_devices, keep_names
+from smarter_device_manager.dra.health import HealthService, report
 from smarter_device_manager.dra.kube import Cluster, KubeClient
 from smarter_device_manager.dra.locks import CLAIMS_LOCK, POLL, PUBLISHER_LOCK, FileLock
 from smarter_device_manager.dra.node import Checkpoint, NodeService, cdi_dir_problem
@@ -37,6 +43,7 @@ from smarter_device_manager.dra.publisher import Publisher
 from smarter_device_manager.dra.registration import Registration
 from smarter_device_manager.dra.slices import fit
 from smarter_device_manager.dra.supervise import FAMILY, Supervisor
+from smarter_device_manager.dra.unplugged import Unplugged
 from smarter_device_manager.grpcserver import UnixServer
 from smarter_device_manager.http import HttpServer
 from smarter_device_manager.metrics import Metrics, Sample
@@ -51,6 +58,7 @@ MAX_DELAY = 0.25
 FAMILIES: dict[str, tuple[str, str]] = {
     "build_info": ("gauge", "Version of the running daemon."),
     "dra_devices": ("gauge", "Devices this node publishes in its ResourceSlices."),
+    "dra_unplugged_devices": ("gauge", "Devices gone from the node, kept tainted through the removal grace."),
     "dra_prepared_claims": ("gauge", "ResourceClaims prepared on this node (in the checkpoint)."),
     "dra_registered": ("gauge", "1 once the kubelet accepted our plugin registration."),
     "dra_slices_in_sync": ("gauge", "1 when the API server holds exactly our slices."),
@@ -87,6 +95,8 @@ class DraSettings:
     state_dir: str
     http_host: str | None = None
     http_port: int = 0
+    removal_grace: float = 300.0
+    unplugged_taint_effect: str = "NoSchedule"
     pod_uid: str = ""
 
     @property
@@ -119,11 +129,15 @@ class DraDaemon:
         self.node = NodeService(s.driver, s.node, self.client, lambda: self.devices, self.refresh_spec,
                                 self.paths, s.prefix, s.cdi_dir, self.checkpoint, self.metrics,
                                 FileLock(os.path.join(s.state_dir, CLAIMS_LOCK)))
-        self.publisher = Publisher(self.client, s.node, s.driver, self.metrics)
+        self.unplugged = Unplugged(s.driver, s.removal_grace, s.unplugged_taint_effect)
+        self.health = HealthService(lambda: report(s.node, self.devices, self.unplugged.gone,
+                                                   s.removal_grace, time.time()))
+        self.publisher = Publisher(self.client, s.node, s.driver, self.metrics,
+                                   on_first_list=self._adopt_unplugged)
         self.registered = False
         self.registration_error = ""
         self.cdi_error: str | None = None
-        self._dra_server = UnixServer(self.node, s.endpoint)
+        self._dra_server = UnixServer([self.node, self.health], s.endpoint)
         self._reg_server = UnixServer(Registration(s.driver, s.endpoint, self._registration),
                                         s.registration_socket)
         self._problems: frozenset[str] = frozenset()
@@ -252,7 +266,12 @@ class DraDaemon:
         if self._dev_dirty or self._config_dirty or self._sockets_dirty:
             self._wake.set()  # started again after a bug: what it had not done yet
         while True:
-            await self._wake.wait()
+            due = self.unplugged.next_expiry()  # a grace ends: wake without an event
+            try:
+                await asyncio.wait_for(self._wake.wait(), None if due is None else max(0, due - time.time()))
+            except asyncio.TimeoutError:
+                self._expire()
+                continue
             first = loop.time()
             while True:
                 now = loop.time()
@@ -323,15 +342,43 @@ class DraDaemon:
         for problem in sorted(fresh - self._problems):
             log.warning("%s", problem)
         self._problems = fresh
-        before = set(self.devices)
+        old = self.devices
+        before = set(old)
         self.devices = {d.name: d for d in devices}
         added, removed = set(self.devices) - before, before - set(self.devices)
+        went, back = self.unplugged.update(
+            old, self.devices, lambda d: self.config.selects(d.resource.rule, d.resource.path), time.time())
+        if went:
+            log.warning("unplugged: %s; tainted %s (%s) in the ResourceSlice and Unhealthy for %gs unless "
+                        "they come back", ", ".join(went), self.unplugged.key, self.unplugged.effect,
+                        s.removal_grace)
+        if back:
+            log.info("back: %s; untainted and Healthy again", ", ".join(back))
         if added or removed or reason == "start":
             log.info("%d devices: %s%s", len(devices), ", ".join(sorted(self.devices)) or "none",
                      f" (new: {', '.join(sorted(added)) or '-'}; gone: {', '.join(sorted(removed)) or '-'})"
                      if reason != "start" else "")
         self.refresh_spec()
-        self.publisher.set_devices(devices)
+        self._publish()
+
+    def _publish(self) -> None:
+        self.publisher.set_devices(list(self.devices.values()), self.unplugged.entries())
+        self.health.changed()
+
+    def _expire(self) -> None:
+        over = self.unplugged.expire(time.time())
+        if over:
+            log.info("removal grace over: %s left the ResourceSlice", ", ".join(over))
+            self._publish()
+
+    def _adopt_unplugged(self, observed: dict[str, dict[str, Any]]) -> None:
+        """First list of our slices: devices still tainted there but not here are in their grace."""
+        taken = self.unplugged.adopt(observed, self.devices, time.time())
+        if taken:
+            log.info("still in their removal grace (tainted in our slices, not on the node): %s",
+                     ", ".join(taken))
+            self._publish()
+            self._wake.set()  # the worker times the end of their grace
 
     def refresh_spec(self) -> None:
         """Write the node-wide CDI spec (``<driver>/device``) for the devices as they are now.
@@ -379,6 +426,7 @@ class DraDaemon:
             ("build_info", (("version", __version__),), 1.0),
             ("config_valid", (), 0.0 if self.config_error else 1.0),
             ("dra_devices", (), float(len(self.devices))),
+            ("dra_unplugged_devices", (), float(len(self.unplugged.gone))),
             ("dra_prepared_claims", (), float(len(self.checkpoint.claims))),
             ("dra_registered", (), 1.0 if self.registered else 0.0),
             ("dra_slices_in_sync", (), 1.0 if self.publisher.in_sync else 0.0),

@@ -68,12 +68,14 @@ def _newer(a: str, b: str) -> bool:
 
 class Publisher:
     def __init__(self, client: KubeClient, node: str, driver: str, metrics: Metrics,
-                 on_write: Callable[[Write], None] | None = None) -> None:
+                 on_write: Callable[[Write], None] | None = None,
+                 on_first_list: Callable[[dict[str, dict[str, Any]]], None] | None = None) -> None:
         self.client = client
         self.node = node
         self.driver = driver
         self.metrics = metrics
         self.devices: list[DraDevice] = []
+        self.unplugged: list[dict[str, Any]] = []
         self.observed: dict[str, dict[str, Any]] = {}
         self.echoes: dict[str, Echo] = {}
         self.enabled = False
@@ -87,12 +89,15 @@ class Publisher:
         self._wake = asyncio.Event()
         self._listed_event = asyncio.Event()
         self._on_write = on_write
+        self._on_first_list = on_first_list
         self._selector = f"spec.nodeName={node},spec.driver={driver}"
         self._path = path_of(API_VERSION, "resourceslices")
 
     # --- inputs --------------------------------------------------------------------------
-    def set_devices(self, devices: list[DraDevice]) -> None:
+    def set_devices(self, devices: list[DraDevice], unplugged: list[dict[str, Any]] | None = None) -> None:
+        """What to publish: the devices, and the tainted entries of those in their removal grace."""
         self.devices = devices
+        self.unplugged = unplugged or []
         self._wake.set()
 
     def enable(self) -> None:
@@ -117,7 +122,8 @@ class Publisher:
     @property
     def in_sync(self) -> bool:
         return self.enabled and self.leading and self.listed and self.error is None and \
-            not plan(self.node, self.driver, self.devices, self.observed, self.echoes, self.owner)
+            not plan(self.node, self.driver, self.devices, self.observed, self.echoes, self.owner,
+                     self.unplugged)
 
     # --- tasks ---------------------------------------------------------------------------
     async def run(self, supervisor: Supervisor | None = None) -> None:
@@ -132,6 +138,9 @@ class Publisher:
         items = answer.get("items") or []
         self.observed = {str(i["metadata"]["name"]): i for i in items if isinstance(i, dict)}
         self._list_version = str((answer.get("metadata") or {}).get("resourceVersion", ""))
+        if self._on_first_list is not None:  # once: what our slices held when we started
+            first, self._on_first_list = self._on_first_list, None
+            first(self.observed)
         self.listed = True
         self._listed_event.set()
 
@@ -165,7 +174,7 @@ class Publisher:
                 if not self.listed:
                     await self._list()
                 for write in plan(self.node, self.driver, self.devices, self.observed, self.echoes,
-                                  self.owner):
+                                  self.owner, self.unplugged):
                     await self._apply(write)
             except KubeError as exc:
                 self._fail(exc)

@@ -4,7 +4,8 @@ Served, like the DRA service, on a ``grpcserver.UnixServer``.
 
 The kubelet finds DRA drivers by the sockets in its ``plugins_registry`` directory: it calls
 ``GetInfo`` on ours (type ``DRAPlugin``, our driver name, the endpoint of our DRA service, and
-the service versions we serve: ``v1.DRAPlugin``), dials that endpoint, and reports the outcome
+the service versions we serve: ``v1.DRAPlugin``, and the health service under both its names,
+which 1.37 reads to choose one), dials that endpoint, and reports the outcome
 with ``NotifyRegistrationStatus``. It does this again after it restarts, without deleting our
 socket. So the order is: serve the DRA service first, then create the registration socket.
 
@@ -39,7 +40,7 @@ class Registration(pb.RegistrationService):
         await stream.recv_message()
         log.debug("GetInfo from the kubelet's plugin watcher")
         await stream.send_message(pb.PluginInfo(type=pb.PLUGIN_TYPE, name=self.driver, endpoint=self.endpoint,
-                                                supported_versions=[pb.DRA_V1]))
+                                                supported_versions=[pb.DRA_V1, *pb.HEALTH_SERVICES]))
 
     async def NotifyRegistrationStatus(
             self, stream: Stream[pb.RegistrationStatus, pb.RegistrationStatusResponse]) -> None:

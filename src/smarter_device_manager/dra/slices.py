@@ -16,6 +16,13 @@ at once: DRA's consumable capacity (KEP-5075, beta and on by default in Kubernet
 or 1.35 API server without that feature drops the two fields, and the device simply behaves as
 with 1: one claim, shared by pods. docs/dra.md says the same for users.
 
+**Unplugged devices** (``unplugged.py``) stay in the slice through the removal grace with a
+taint (``<driver>/unplugged``), so no new claim is allocated a device that may come back. The
+API allows 64 devices per slice instead of 128 when any device of the slice has a taint, so
+slices are cut at 64 while any device is tainted. The server sets a taint's ``timeAdded`` when we
+send none; we send back the time it stored (for the same device, key, value and effect), so our
+writes never move it and a slice the server holds with that time counts as in sync.
+
 **Owner**: every slice names its Node as owner (``metadata.ownerReferences``, as the Go helper
 k8s.io/dynamic-resource-allocation does: apiVersion v1, kind Node, name, uid, controller), so the
 garbage collector deletes the slices with the node. The writes carry it (a PUT replaces the whole
@@ -41,6 +48,7 @@ from smarter_device_manager.dra.validation import fit_entry
 
 API_VERSION = "resource.k8s.io/v1"
 MAX_DEVICES = 128
+MAX_DEVICES_TAINTED = 64  # ResourceSliceMaxDevicesWithAdvancedFeatures: any device has taints
 SHARES = "shares"
 NAME_MAX = 253
 _NOT_NAME = re.compile(r"[^a-z0-9.-]+")
@@ -130,12 +138,20 @@ def fit(devices: Sequence[DraDevice]) -> tuple[list[DraDevice], list[str]]:
     return kept, problems
 
 
-def desired_specs(node: str, driver: str, devices: Sequence[DraDevice],
-                  generation: int) -> dict[str, dict[str, Any]]:
+def desired_specs(node: str, driver: str, devices: Sequence[DraDevice], generation: int,
+                  unplugged: Sequence[Mapping[str, Any]] = ()) -> dict[str, dict[str, Any]]:
     """The slices' specs by name, for ``generation``. No devices: one empty slice, which tells the
-    scheduler this node's pool exists and is empty (rather than unknown)."""
-    entries = [device_entry(d) for d in sorted(devices, key=lambda d: d.name)]
-    chunks = [entries[i:i + MAX_DEVICES] for i in range(0, len(entries), MAX_DEVICES)] or [[]]
+    scheduler this node's pool exists and is empty (rather than unknown).
+
+    ``unplugged``: entries of devices in their removal grace, with their taints (a present device
+    of the same name wins).
+    """
+    present = {d.name for d in devices}
+    entries = [device_entry(d) for d in devices] + \
+        [json_copy(e) for e in unplugged if e["name"] not in present]
+    entries.sort(key=lambda e: str(e["name"]))
+    size = MAX_DEVICES_TAINTED if any(e.get("taints") for e in entries) else MAX_DEVICES
+    chunks = [entries[i:i + size] for i in range(0, len(entries), size)] or [[]]
     return {
         slice_name(node, driver, index): {
             "driver": driver,
@@ -145,6 +161,38 @@ def desired_specs(node: str, driver: str, devices: Sequence[DraDevice],
         }
         for index, chunk in enumerate(chunks)
     }
+
+
+def json_copy(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of plain JSON data (entries are shared with the tracker; specs are edited)."""
+    return {k: json_copy(v) if isinstance(v, Mapping) else
+            [json_copy(i) if isinstance(i, Mapping) else i for i in v] if isinstance(v, list) else v
+            for k, v in entry.items()}
+
+
+def _taint_id(taint: Mapping[str, Any]) -> tuple[str, str, str]:
+    return str(taint.get("key", "")), str(taint.get("value", "")), str(taint.get("effect", ""))
+
+
+def keep_time_added(specs: Mapping[str, dict[str, Any]], observed: Mapping[str, Mapping[str, Any]]) -> None:
+    """Give each taint we want the ``timeAdded`` the server stored for the same device and taint.
+
+    The server sets it (to the second) when a taint arrives without one; sending it back keeps it
+    across our later writes and our restarts, and makes the stored slice equal to what we want.
+    """
+    stored: dict[tuple[str, tuple[str, str, str]], Any] = {}
+    for obj in observed.values():
+        for device in (obj.get("spec") or {}).get("devices") or ():
+            for taint in device.get("taints") or ():
+                if taint.get("timeAdded"):
+                    stored[(str(device.get("name")), _taint_id(taint))] = taint["timeAdded"]
+    for spec in specs.values():
+        for device in spec["devices"]:
+            for taint in device.get("taints") or ():
+                if not taint.get("timeAdded"):
+                    found = stored.get((str(device["name"]), _taint_id(taint)))
+                    if found:
+                        taint["timeAdded"] = found
 
 
 def _without_generation(spec: Mapping[str, Any]) -> dict[str, Any]:
@@ -171,22 +219,27 @@ def in_sync(desired: Mapping[str, Any], observed: Mapping[str, Any], echo: Echo 
 
 
 def plan(node: str, driver: str, devices: Sequence[DraDevice], observed: Mapping[str, Mapping[str, Any]],
-         echoes: Mapping[str, Echo], owner: Mapping[str, Any] | None = None) -> list[Write]:
+         echoes: Mapping[str, Echo], owner: Mapping[str, Any] | None = None,
+         unplugged: Sequence[Mapping[str, Any]] = ()) -> list[Write]:
     """The writes that make the API server hold exactly our pool; [] when it already does.
 
     ``observed``: our slices as the server has them (name -> object with metadata and spec).
     ``owner``: the ownerReference every slice must carry (None: not known yet, not checked).
+    ``unplugged``: tainted entries of devices in their removal grace (see ``desired_specs``).
     """
     generations = {_generation(obj) for obj in observed.values()}
     current = max(generations, default=0)
-    desired = desired_specs(node, driver, devices, current or 1)
+    desired = desired_specs(node, driver, devices, current or 1, unplugged)
+    keep_time_added(desired, observed)
     if set(desired) == set(observed) and len(generations) == 1 and all(
             in_sync(spec, observed[name], echoes.get(name)) and _owned(observed[name], owner)
             for name, spec in desired.items()):
         return []
     generation = current + 1
     writes: list[Write] = []
-    for name, spec in desired_specs(node, driver, devices, generation).items():
+    wanted = desired_specs(node, driver, devices, generation, unplugged)
+    keep_time_added(wanted, observed)
+    for name, spec in wanted.items():
         metadata: dict[str, Any] = {"name": name}
         if owner is not None:
             metadata["ownerReferences"] = [dict(owner)]
