@@ -88,7 +88,7 @@ class KubeletDraStandin:
         self._health_tasks: dict[str, asyncio.Task[None]] = {}  # endpoint -> its health stream
         self.plugins: dict[str, list[tuple[str, str]]] = {}  # driver -> [(registration socket, endpoint)]
         self.refused: list[str] = []
-        self._seen: dict[str, int] = {}  # socket path -> inode registered
+        self._seen: dict[str, tuple[int, int]] = {}  # socket path -> (inode, ctime) registered
         self._task: asyncio.Task[None] | None = None
         self._channels: list[Channel] = []
         self._stubs: dict[str, DRAPluginStub] = {}
@@ -157,8 +157,10 @@ class KubeletDraStandin:
                     st = os.stat(path)
                 except FileNotFoundError:
                     continue
-                if stat.S_ISSOCK(st.st_mode) and self._seen.get(path) != st.st_ino:
-                    self._seen[path] = st.st_ino
+                # inode and ctime: a socket made again (a daemon restarted after SIGKILL) may get
+                # the same inode number; the kubelet sees its inotify Create event either way
+                if stat.S_ISSOCK(st.st_mode) and self._seen.get(path) != (st.st_ino, st.st_ctime_ns):
+                    self._seen[path] = (st.st_ino, st.st_ctime_ns)
                     try:
                         await self._register(path)
                     except (OSError, asyncio.TimeoutError) as exc:

@@ -2,8 +2,9 @@
 
 Modelled on the facts in shared/reference/kubelet-device-plugin-api.md:
 
-* on start it deletes every *socket* in the plugin dir (keeps other files and
-  directories), then serves ``Registration`` on ``kubelet.sock``;
+* on start it deletes every entry of the plugin dir that is not a directory,
+  except its own ``kubelet_internal_checkpoint`` (as the kubelet's
+  CleanupPluginDirectory does), then serves ``Registration`` on ``kubelet.sock``;
 * ``Register`` is rejected unless the version is ``v1beta1`` and the resource
   name is a valid extended resource name; then it dials the endpoint (retrying
   for up to 10 s), calls ``GetDevicePluginOptions`` and uses *that* answer, and
@@ -44,6 +45,7 @@ from grpclib.server import Server, Stream
 
 _QUALIFIED_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
+CHECKPOINT = "kubelet_internal_checkpoint"  # the one file CleanupPluginDirectory keeps
 
 
 def is_extended_resource_name(name: str) -> bool:
@@ -107,9 +109,11 @@ class KubeletStandin:
     # --- lifecycle ------------------------------------------------------------------
     async def start(self, delete_sockets: bool = True) -> None:
         os.makedirs(self.plugin_dir, exist_ok=True)
+        # As the kubelet's CleanupPluginDirectory (1.28 devicemanager/manager.go): every entry
+        # that is not a directory, except its own checkpoint, goes; directories stay.
         for name in os.listdir(self.plugin_dir) if delete_sockets else ():
             path = os.path.join(self.plugin_dir, name)
-            if stat.S_ISSOCK(os.lstat(path).st_mode):
+            if name != CHECKPOINT and not stat.S_ISDIR(os.lstat(path).st_mode):
                 os.unlink(path)
         server = Server([_Registration(self)])
         await server.start(path=self.socket)

@@ -20,6 +20,7 @@ BAD = {
     "--plugin-dir": ("device-plugins", "plugin dir 'device-plugins' must be an absolute path"),
     "--resource-prefix": ("Bad_Prefix", "resource prefix 'Bad_Prefix' is not valid"),
     "--removal-grace": ("soon", "'soon' is not a duration"),
+    "--state-dir": ("state", "state dir 'state' must be an absolute path"),
     "--http-address": ("nonsense", "'nonsense' is not HOST:PORT"),
     "--log-level": ("verbose", "invalid choice 'verbose'; choose from debug, info, warning, error"),
     "--log-format": ("xml", "invalid choice 'xml'; choose from text, json"),
@@ -146,3 +147,14 @@ def test_serve_resolves_the_config_path_once(valid: dict[str, str]) -> None:
 
 def valid_args(valid: dict[str, str]) -> list[str]:
     return [arg for option, value in valid.items() for arg in (option, value)]
+
+
+def test_a_state_dir_that_is_a_file_is_refused(valid: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "state").write_text("")
+    result = subprocess.run([sys.executable, "-m", "smarter_device_manager", "serve",
+                             "--dev-dir", valid["--dev-dir"], "--plugin-dir", valid["--plugin-dir"],
+                             "--config", valid["--config"], "--state-dir", str(tmp_path / "state")],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    message = f"error: argument --state-dir: state dir '{tmp_path / 'state'}' is not a directory"
+    assert message in result.stderr

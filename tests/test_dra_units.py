@@ -887,3 +887,84 @@ def test_a_dra_name_never_goes_to_another_twin(tmp_path: Path) -> None:
     sysfs.cp2102(port="1-1.3", node="ttyUSB2", minor=2)
     mkdev(dev / "ttyUSB2", major=188, minor=2)
     assert scan() == {"usb-serial-0001": "0001-usb-1-1.3"}
+
+
+def test_bound_names_outlive_the_daemon_and_two_daemons_share_them(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """names.json (dra/boundnames.py): what one daemon bound, the next (or the other pod of a
+    rolling update) keeps; a write over the other's is repaired by the other's next look."""
+    from smarter_device_manager.dra.boundnames import BoundNames
+
+    old, new = BoundNames(str(tmp_path)), BoundNames(str(tmp_path))
+    old.load()
+    old.bound["usb-serial-0001"] = "0001-usb-1-1.3"
+    old.save()
+    new.load()
+    assert new.bound == {"usb-serial-0001": "0001-usb-1-1.3"}
+    new.bound["usb-serial-0001-0001-usb-1-1-4"] = "0001-usb-1-1.4"
+    old.bound["ttyacm-x"] = "X-usb-1-1.1"
+    new.save()
+    old.save()  # over new's write: new's name is not in the file now
+    new.refresh()
+    new.save()
+    old.refresh()
+    want = {"usb-serial-0001": "0001-usb-1-1.3", "usb-serial-0001-0001-usb-1-1-4": "0001-usb-1-1.4",
+            "ttyacm-x": "X-usb-1-1.1"}
+    assert old.bound == new.bound == want
+    assert BoundNames(str(tmp_path)).bound == {}
+    fresh = BoundNames(str(tmp_path))
+    fresh.load()
+    assert fresh.bound == want
+    for text in ('{"kind": "smarter-device-manager/dra-names", "version": 1, "names": {"a": 1}}',
+                 '{"kind": "smarter-device-manager/dra-names", "version": 2, "names": {}}', "\xff"):
+        (tmp_path / "names.json").write_text(text)
+        caplog.clear()
+        broken = BoundNames(str(tmp_path))
+        broken.load()
+        assert broken.bound == {}
+        assert [r.levelname for r in caplog.records] == ["WARNING"], text
+
+
+def test_the_supervisor_logs_shows_counts_and_restarts_a_task_that_fails(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """dra/supervise.py: a bug in a background task is never silent, and never the end of it."""
+    from smarter_device_manager.dra import supervise
+    from smarter_device_manager.metrics import Metrics
+
+    monkeypatch.setattr(supervise, "BACKOFF_START", 0.01)
+    monkeypatch.setattr(supervise, "STABLE", 0.2)
+    runs: list[int] = []
+    recovered = asyncio.Event()
+
+    async def work() -> None:
+        runs.append(1)
+        if len(runs) <= 3:
+            raise LookupError("unknown encoding: idna")
+        await asyncio.Event().wait()  # runs for ever, as a task should
+
+    done: list[int] = []
+
+    async def once() -> None:
+        done.append(1)
+
+    async def scenario() -> None:
+        metrics = Metrics(supervise.FAMILY)
+        supervisor = supervise.Supervisor(metrics)
+        supervisor.start("the writer", work)
+        supervisor.start("the lock", once, once=True)
+        while len(runs) < 4:
+            await asyncio.sleep(0.01)
+        assert supervisor.reasons() == ["internal error in the writer: LookupError: unknown encoding: "
+                                        "idna (3 times; started again with backoff)"]
+        assert 'dra_internal_errors_total{task="the writer"} 3' in metrics.render()
+        while supervisor.failures:
+            await asyncio.sleep(0.01)
+        recovered.set()
+        await supervisor.stop()
+
+    with caplog.at_level("INFO"):
+        asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert recovered.is_set()
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].exc_info is not None  # once, with its traceback
+    assert done == [1]  # a task that is done stays done

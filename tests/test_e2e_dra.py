@@ -73,6 +73,14 @@ class Dra:
         self.proc = start_daemon(self.node, self.api, self.http_port, self.sys_root, *self.extra)
 
 
+def answers(dra: Dra, path: str) -> tuple[int, str]:
+    """``dra.http(path)``, or (0, why) while the daemon is not listening yet."""
+    try:
+        return dra.http(path)
+    except urllib.error.URLError as exc:
+        return 0, str(exc)
+
+
 def free_port() -> int:
     import socket
 
@@ -82,7 +90,7 @@ def free_port() -> int:
 
 
 def start_daemon(node: Node, api: FakeApiServer, http_port: int, sys_root: Path, *extra: str,
-                 env: dict[str, str] | None = None) -> DaemonProcess:
+                 env: dict[str, str] | None = None, prelude: str | None = None) -> DaemonProcess:
     kubeconfig = api.kubeconfig(str(node.root / "kubeconfig"))
     argv = ["dra", "--dev-dir", str(node.dev), "--config", str(node.config), "--sys-dir", str(sys_root),
             "--node-name", NODE, "--kubeconfig", kubeconfig,
@@ -90,7 +98,7 @@ def start_daemon(node: Node, api: FakeApiServer, http_port: int, sys_root: Path,
             "--kubelet-registry-dir", str(node.root / "plugins_registry"),
             "--cdi-dir", str(node.root / "cdi"), "--state-dir", str(node.root / "state"),
             "--http-address", f"127.0.0.1:{http_port}", "--log-level", "debug", *extra]
-    proc = DaemonProcess.spawn(argv, node.root / f"dra{len(node.procs)}.log", env)
+    proc = DaemonProcess.spawn(argv, node.root / f"dra{len(node.procs)}.log", env, prelude)
     node.procs.append(proc)
     return proc
 
@@ -110,7 +118,8 @@ def make_devices(node: Node, sys_root: Path) -> FakeSysfs:
 @asynccontextmanager
 async def dra_node(node: Node, sys_root: Path, config: str = CONFIG, cdi_dir: bool = True,
                    extra: tuple[str, ...] = (),
-                   kubelet: KubeletDraStandin | None = None) -> AsyncIterator[Dra]:
+                   kubelet: KubeletDraStandin | None = None,
+                   prelude: str | None = None) -> AsyncIterator[Dra]:
     node.write_config(config)
     if cdi_dir:  # the host's, mounted by the chart (hostPath DirectoryOrCreate); never the daemon's job
         (node.root / "cdi").mkdir(exist_ok=True)
@@ -121,7 +130,7 @@ async def dra_node(node: Node, sys_root: Path, config: str = CONFIG, cdi_dir: bo
         kubelet = KubeletDraStandin(str(node.root / "plugins_registry"), NODE, api)
     await kubelet.start()
     port = free_port()
-    proc = start_daemon(node, api, port, sys_root, *extra)
+    proc = start_daemon(node, api, port, sys_root, *extra, prelude=prelude)
     dra = Dra(node, api, kubelet, proc, port, sys_root, extra)
     try:
         await wait_for(lambda: DRIVER in kubelet.registered, 10, "registration")
@@ -508,3 +517,121 @@ def test_a_firstavailable_subrequest_reaches_the_container_naming_its_request(no
             assert dra.kubelet.container_cdi_ids(again.claims["uid-cam"], "camera") == [
                 f"{DRIVER}/device=video0"]
     run(scenario())
+
+
+def test_a_name_never_goes_to_another_twin_across_a_daemon_restart(node: Node, tmp_path: Path) -> None:
+    """Issue 16, item 1 follow-up, DRA: twin A (serial 0001) is published as usb-serial-0001 and a
+    claim is allocated that name. The daemon is killed; A is unplugged and its twin B plugged
+    while it is down. Started again, it must not publish B as usb-serial-0001 (the allocation
+    names only that), so the names it bound are kept in <state dir>/names.json. A bad file there
+    is a warning and a fresh start."""
+    sys_root = tmp_path / "sys"
+    sysfs = FakeSysfs(str(sys_root))
+    a = sysfs.cp2102(port="1-1.3", node="ttyUSB1", minor=1)
+    mkdev(node.dev / a.node, major=a.major, minor=a.minor)
+
+    async def scenario() -> None:
+        async with dra_node(node, sys_root) as dra:
+            api = dra.api
+            await wait_for(lambda: set(api.devices(NODE)) == {"usb-serial-0001"}, 10, "A published")
+            api.add_claim("default", "serial", "uid-serial", [
+                {"request": "r", "driver": DRIVER, "pool": NODE, "device": "usb-serial-0001"}])
+            dra.proc.popen.kill()
+            dra.proc.popen.wait()
+            (node.dev / a.node).unlink()
+            sysfs.unplug(a)
+            b = sysfs.cp2102(port="1-1.4", node="ttyUSB1", minor=1)
+            mkdev(node.dev / b.node, major=b.major, minor=b.minor)
+            dra.proc = start_daemon(node, api, dra.http_port, sys_root)
+            dra.proc.wait_log("1 devices: ")  # the old slice stays until the new daemon writes
+            [scanned] = [line for line in dra.proc.log.splitlines() if "1 devices: " in line]
+            name = scanned.split("1 devices: ")[1]
+            assert name.startswith("usb-serial-0001-"), scanned  # never B as usb-serial-0001
+            await wait_for(lambda: set(api.devices(NODE)) == {name}, 30, "B published")
+            answer = await dra.kubelet.prepare(DRIVER, ("default", "serial", "uid-serial"))
+            assert "device usb-serial-0001 is no longer on node" in answer.claims["uid-serial"].error
+
+            # A damaged file: a warning, a fresh start, and the daemon serves.
+            dra.proc.popen.kill()
+            dra.proc.popen.wait()
+            (node.root / "state" / "names.json").write_text('{"kind": "smarter-device-manager/dra-n')
+            dra.proc = start_daemon(node, api, dra.http_port, sys_root)
+            await wait_for(lambda: answers(dra, "/readyz")[0] == 200, 30, "ready with a bad state file")
+            dra.proc.wait_log("WARNING")
+            assert "state file" in dra.proc.log and "is unreadable" in dra.proc.log
+    run(scenario())
+
+
+def test_a_bug_in_a_background_task_is_logged_shown_counted_and_retried(node: Node, tmp_path: Path) -> None:
+    """Seen on a real cluster: a LookupError (ssl/idna, an image without the codec) inside the
+    publisher ended its task silently; /readyz said 503 for ever with no reason. Injected here
+    into the slice writer's write path (a prelude in the daemon's process) for as long as a flag
+    file exists: the traceback is logged once at ERROR though it fails again and again, /readyz
+    names it, the metric counts it; once the flag goes the writer, started again with backoff,
+    publishes the slice and the daemon is ready."""
+    flag = tmp_path / "fail-writes"
+    flag.write_text("")
+    prelude = f"""
+import os
+from smarter_device_manager.dra import publisher
+real = publisher.Publisher._apply
+async def failing(self, write):
+    if os.path.exists({str(flag)!r}):
+        raise LookupError("unknown encoding: idna (injected by the test)")
+    return await real(self, write)
+publisher.Publisher._apply = failing
+"""
+    metric = 'smarter_device_manager_dra_internal_errors_total{task="the slice writer"} '
+
+    def failures(dra: Dra) -> int:
+        lines = [line for line in answers(dra, "/metrics")[1].splitlines() if line.startswith(metric)]
+        return int(float(lines[0].split()[-1])) if lines else 0
+
+    async def scenario() -> None:
+        make_devices(node, tmp_path / "sys")
+        async with dra_node(node, tmp_path / "sys", prelude=prelude) as dra:
+            reason = "internal error in the slice writer: LookupError: unknown encoding: idna"
+            await wait_for(lambda: reason in answers(dra, "/readyz")[1], 30, "/readyz names the bug")
+            assert answers(dra, "/readyz")[0] == 503
+            await wait_for(lambda: failures(dra) >= 2, 30, "retried, and counted each time")
+            log = dra.proc.log
+            assert log.count("Traceback (most recent call last)") == 1, log
+            [line] = [line for line in log.splitlines() if "internal error in the slice writer" in line]
+            assert line.split()[1] == "ERROR", line
+            assert "in failing\nLookupError: unknown encoding: idna (injected by the test)" in log
+            assert dra.api.devices(NODE) == {}
+            flag.unlink()
+            await wait_for(lambda: set(dra.api.devices(NODE)) == EXPECTED_NAMES, 60, "published")
+            await wait_for(lambda: answers(dra, "/readyz")[0] == 200, 30, "ready once it recovered")
+            assert "slice writer has run" in dra.proc.log
+    run(scenario(), timeout=120)
+
+
+def test_a_bug_in_the_rescan_worker_loses_no_change(node: Node, tmp_path: Path) -> None:
+    """The rescan worker used to log a bug and wait for the next event, which on an idle node may
+    never come: the device plugged stayed unpublished. Now the supervisor starts it again with
+    backoff and the change it had taken is still there to do."""
+    flag = tmp_path / "fail-rescans"
+    prelude = f"""
+import os
+from smarter_device_manager.dra import daemon
+real = daemon.DraDaemon._rescan
+def failing(self, reason):
+    if reason == "hotplug" and os.path.exists({str(flag)!r}):
+        raise KeyError("injected by the test")
+    return real(self, reason)
+daemon.DraDaemon._rescan = failing
+"""
+
+    async def scenario() -> None:
+        make_devices(node, tmp_path / "sys")
+        async with dra_node(node, tmp_path / "sys", prelude=prelude) as dra:
+            await wait_for(lambda: set(dra.api.devices(NODE)) == EXPECTED_NAMES, 30, "published")
+            flag.write_text("")
+            mkdev(node.dev / "video7", major=81, minor=7)
+            reason = "internal error in the rescan worker: KeyError"
+            await wait_for(lambda: reason in answers(dra, "/readyz")[1], 30, "/readyz names the bug")
+            flag.unlink()  # no event follows: the retry alone must publish video7
+            await wait_for(lambda: "video7" in dra.api.devices(NODE), 60, "video7 published")
+            await wait_for(lambda: answers(dra, "/readyz")[0] == 200, 30, "ready once it recovered")
+    run(scenario(), timeout=120)

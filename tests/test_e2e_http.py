@@ -218,11 +218,11 @@ def test_a_socket_that_cannot_be_served_is_retried_and_shown(node: Node) -> None
     mkdev(node.dev / "ttyUSB1", major=188, minor=1)
     node.write_config(TTY)
     stranger = node.plugins / "smarter-ttyUSB1.sock"
-    stranger.write_text("not a socket")
 
     async def scenario() -> None:
         kubelet = KubeletStandin(str(node.plugins))
-        await kubelet.start()  # it deletes sockets only, as the kubelet does: the file stays
+        await kubelet.start()  # it deletes every file, as the kubelet does: the stranger comes after
+        stranger.write_text("not a socket")
         port = await listener_port(node.start("--http-address", "127.0.0.1:0"))
         await kubelet.wait_for(lambda: kubelet.healthy("smarter-devices/ttyUSB0") == 2)
 

@@ -407,3 +407,110 @@ def test_adapters_sharing_a_serial_never_trade_ids(node: Node, tmp_path: Path) -
         await kubelet.stop()
 
     run(scenario())
+
+
+def test_twins_keep_their_ids_across_daemon_and_kubelet_restarts(node: Node, tmp_path: Path) -> None:
+    """Issue 16, item 1, across restarts: the pins are on disk (pinstore.py). A pod holds twin A's
+    bare "0001"; the daemon is killed (SIGKILL: no clean stop) and started again with both twins
+    plugged: "0001" still names A, not a new free ID. A kubelet restart (which deletes every file
+    in the plugin dir) keeps the state (a subdirectory). A killed while unplugged: "0001" stays
+    held, Unhealthy, across the next start, and a new twin does not get it."""
+    sys_root = tmp_path / "sys"
+    sysfs = FakeSysfs(str(sys_root))
+    a = sysfs.cp2102(port="1-1.3", node="ttyUSB0", minor=0)
+    plug(node, a)
+    node.write_config(TWINS)
+    b_id, c_id = "0001-usb-1-1.4", "0001-usb-1-1.5"
+    state = node.plugins / "smarter-device-manager" / "pins.json"
+
+    def shows(kubelet: KubeletStandin, devices: dict[str, str]) -> bool:
+        state = kubelet.plugins.get(TWIN_POOL)
+        return bool(state and state.streaming and state.devices == devices)
+
+    async def host_path(kubelet: KubeletStandin, device_id: str) -> str:
+        [answer] = (await kubelet.allocate(TWIN_POOL, [device_id])).container_responses
+        return str(answer.devices[0].host_path)
+
+    async def saved(*ids: str) -> None:
+        deadline = asyncio.get_running_loop().time() + 30
+        while not (state.exists() and all(f'"{i}"' in state.read_text() for i in ids)):
+            assert asyncio.get_running_loop().time() < deadline, "pins never written"
+            await asyncio.sleep(0.02)
+
+    def kill() -> None:
+        node.procs[-1].popen.kill()
+        node.procs[-1].popen.wait()
+
+    async def scenario() -> None:
+        kubelet = KubeletStandin(str(node.plugins))
+        await kubelet.start()
+        start(node, sys_root)
+        await kubelet.wait_for(lambda: shows(kubelet, {"0001": "Healthy"}), timeout=30)
+        assert await host_path(kubelet, "0001") == f"{node.dev}/ttyUSB0"  # pod 1 holds A
+        plug(node, b := sysfs.cp2102(port="1-1.4", node="ttyUSB1", minor=1))
+        await kubelet.wait_for(lambda: shows(kubelet, {"0001": "Healthy", b_id: "Healthy"}), timeout=30)
+        await saved("0001", b_id)
+
+        kill()
+        mark = len(kubelet.register_requests)
+        start(node, sys_root)
+        await kubelet.wait_for(lambda: len(kubelet.register_requests) > mark
+                               and shows(kubelet, {"0001": "Healthy", b_id: "Healthy"}), timeout=30)
+        assert await host_path(kubelet, "0001") == f"{node.dev}/ttyUSB0"
+        assert await host_path(kubelet, b_id) == f"{node.dev}/ttyUSB1"
+
+        await kubelet.restart()  # deletes every file in the plugin dir, not directories
+        await kubelet.wait_for(lambda: shows(kubelet, {"0001": "Healthy", b_id: "Healthy"}), timeout=30)
+        assert state.exists()
+
+        kill()
+        unplug(node, sysfs, a)  # while the daemon is down
+        start(node, sys_root)
+        await kubelet.wait_for(lambda: shows(kubelet, {"0001": "Unhealthy", b_id: "Healthy"}), timeout=30)
+        with pytest.raises(GRPCError):
+            await kubelet.allocate(TWIN_POOL, ["0001"])
+        plug(node, sysfs.cp2102(port="1-1.5", node="ttyUSB0", minor=0))
+        await kubelet.wait_for(lambda: shows(kubelet, {"0001": "Unhealthy", b_id: "Healthy",
+                                                       c_id: "Healthy"}), timeout=30)
+        await saved("0001", b_id, c_id)
+
+        kill()  # A's removal grace goes on across this start too; A back: its own ID again
+        start(node, sys_root)
+        await kubelet.wait_for(lambda: shows(kubelet, {"0001": "Unhealthy", b_id: "Healthy",
+                                                       c_id: "Healthy"}), timeout=30)
+        plug(node, sysfs.cp2102(port="1-1.3", node="ttyUSB2", minor=2))
+        await kubelet.wait_for(lambda: shows(kubelet, {"0001": "Healthy", b_id: "Healthy",
+                                                       c_id: "Healthy"}), timeout=30)
+        assert await host_path(kubelet, "0001") == f"{node.dev}/ttyUSB2"
+        del b
+        await kubelet.stop()
+
+    run(scenario())
+
+
+def test_a_bad_state_file_is_a_warning_and_a_fresh_start(node: Node, tmp_path: Path) -> None:
+    sys_root = tmp_path / "sys"
+    sysfs = FakeSysfs(str(sys_root))
+    plug(node, sysfs.cp2102(port="1-1.3", node="ttyUSB0", minor=0))
+    node.write_config(TWINS)
+    state = node.plugins / "smarter-device-manager" / "pins.json"
+    state.parent.mkdir()
+    for number, text in enumerate(('{"kind": "smarter-device-manager/pool-pins", "vers',
+                                   '{"kind": "smarter-device-manager/pool-pins", "version": 99}',
+                                   '{"kind": "something-else", "version": 1}',
+                                   '{"kind": "smarter-device-manager/pool-pins", "version": 1, '
+                                   '"pools": {"usb-serial": {"members": [{"id": 5}], "shared": []}}}')):
+        state.write_text(text)
+
+        async def scenario() -> None:
+            kubelet = KubeletStandin(str(node.plugins))
+            await kubelet.start()
+            start(node, sys_root)
+            await kubelet.wait_for(lambda: healthy(kubelet, TWIN_POOL, ["0001"]), timeout=30)
+            await kubelet.stop()
+
+        run(scenario())
+        node.procs[-1].wait_log("state file")
+        assert "WARNING" in next(line for line in node.procs[-1].log.splitlines() if "state file" in line)
+        assert node.procs[-1].stop() == 0, number
+        assert '"0001"' in state.read_text()  # written afresh

@@ -11,6 +11,10 @@ the same adapter as far as anything can tell), never once the serial is known to
 from __future__ import annotations
 
 import itertools
+import time
+from pathlib import Path
+
+import pytest
 
 from smarter_device_manager.discovery import Member
 from smarter_device_manager.pinning import pin
@@ -102,3 +106,36 @@ def test_no_id_ever_moves_to_another_device_in_any_order() -> None:
             pinned = now
             checked += 1
     assert checked > 1000
+
+
+def test_pins_on_disk_keep_the_removal_grace_running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """deviceplugin/pinstore.py: a member unplugged 100 s before the daemon stopped has 200 s of
+    a 300 s grace left when it starts again 10 s later (minus those 10 s: the grace is wall time
+    across the restart); a member present when it stopped is gone from the start, full grace."""
+    from smarter_device_manager.deviceplugin.pinstore import Pins, PinStore
+
+    clock = [1_000_000.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])  # the wall clock pinstore reads
+    a = Member("0001", "ttyUSB0", (), base="0001", located="0001-usb-1-1.3")
+    b = Member("0001-usb-1-1.4", "ttyUSB1", (), base="0001", located="0001-usb-1-1.4")
+    before = PinStore(str(tmp_path), 300)
+    before.load(5000.0)
+    before.record({"usb-serial": Pins((a,), {b.identity: (b, 4900.0)}, {"0001"})}, 5000.0)
+    clock[0] += 10  # the restart takes 10 s; the new process's monotonic clock starts near 0
+    after = PinStore(str(tmp_path), 300)
+    after.load(20.0)
+    saved = after.saved("usb-serial", 20.0)
+    assert saved.shared == {"0001"}
+    assert {i: (m.identity, m.own, m.where) for i, (m, _) in saved.gone.items()} == {
+        "0001": ("0001", "0001", "0001-usb-1-1.3"),
+        "0001-usb-1-1.4": ("0001-usb-1-1.4", "0001", "0001-usb-1-1.4")}
+    assert saved.gone["0001"][1] == 20.0  # present at the stop: gone from the start
+    assert saved.gone["0001-usb-1-1.4"][1] == pytest.approx(20.0 - 110.0)
+    assert set(after.saved("usb-serial", 20.0 + 189).gone) == {"0001", "0001-usb-1-1.4"}
+    assert set(after.saved("usb-serial", 20.0 + 191).gone) == {"0001"}
+    # A leftover (the pool not served yet) is kept on disk while any of it is within the grace.
+    after.record({}, 20.0 + 191)
+    text = (tmp_path / "pins.json").read_text()
+    assert '"0001-usb-1-1.3"' in text and '"0001-usb-1-1.4"' not in text
+    after.record({}, 20.0 + 301)
+    assert '"usb-serial"' not in (tmp_path / "pins.json").read_text()

@@ -42,6 +42,9 @@ def add_serve_parser(sub: Any) -> Parser:
                          metavar="DURATION",
                          help="how long a vanished device stays advertised as Unhealthy before "
                          "it is withdrawn (default 300s)")
+    serve.add_env_option("--state-dir", _state_dir, None, metavar="DIR",
+                         help="where the daemon keeps what must outlive it (pool ID pins) "
+                         "(default <plugin-dir>/smarter-device-manager)")
     cdi_options(serve, switch=True)
     return serve
 
@@ -68,6 +71,15 @@ def _plugin_dir(text: str) -> str:
         raise argparse.ArgumentTypeError("plugin dir must not be empty")
     if os.path.exists(path) and not os.path.isdir(path):
         raise argparse.ArgumentTypeError(f"plugin dir {path!r} is not a directory")
+    return path
+
+
+def _state_dir(text: str) -> str:
+    path = absolute("state dir")(text)
+    if path is None:
+        raise argparse.ArgumentTypeError("state dir must not be empty")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"state dir {path!r} is not a directory")
     return path
 
 
@@ -164,6 +176,7 @@ def serve(args: argparse.Namespace) -> int:
         cdi=_cdi_settings(args) if args.cdi == "on" else None,
         http_host=http[0] if http else None,
         http_port=http[1] if http else 0,
+        state_dir=args.state_dir,
     )
 
     async def run() -> int:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from smarter_device_manager import __version__
 from smarter_device_manager.config import reread
+from smarter_device_manager.deviceplugin.pinstore import PinStore
 from smarter_device_manager.deviceplugin.plugin import Paths
 from smarter_device_manager.deviceplugin.reconcile import Reconciler
 from smarter_device_manager.deviceplugin.registrar import Registrar, Registration
@@ -56,6 +57,9 @@ class RescanFailed(Exception):
     """A walk that cannot stand for the node (the dev dir itself could not be read)."""
 
 
+STATE_SUBDIR = "smarter-device-manager"  # a directory: the kubelet's start-up cleanup keeps it
+
+
 @dataclass(frozen=True)
 class Settings:
     config_path: str | None  # None: the embedded default
@@ -70,6 +74,11 @@ class Settings:
     cdi: CdiSettings | None = None  # --cdi on
     http_host: str | None = None
     http_port: int = 0
+    state_dir: str | None = None  # None: <plugin_dir>/smarter-device-manager (see pinstore)
+
+    @property
+    def state(self) -> str:
+        return self.state_dir or os.path.join(self.plugin_dir, STATE_SUBDIR)
 
 
 class Daemon:
@@ -87,9 +96,10 @@ class Daemon:
 
             self.cdi = CdiKeeper(settings.cdi)
         paths = Paths(settings.dev_dir, settings.host_dev_dir, self.cdi)
+        self.pins = PinStore(settings.state, settings.removal_grace)
         self.reconciler = Reconciler(
             settings.prefix, paths, settings.plugin_dir,
-            self.registrar, self.metrics, settings.removal_grace,
+            self.registrar, self.metrics, settings.removal_grace, self.pins,
         )
         self.http: HttpServer | None = None
         self._stop = asyncio.Event()
@@ -183,6 +193,7 @@ class Daemon:
         if not self.registrar.kubelet_up.is_set():
             log.info("no kubelet yet (%s missing); serving and waiting for it",
                      self.registrar.kubelet_socket)
+        self.pins.load(loop.time())
         self._rescan_reasons.add("start")
         await self._attempt()
         worker = asyncio.create_task(self._work(), name="worker")

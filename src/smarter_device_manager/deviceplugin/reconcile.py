@@ -14,7 +14,9 @@ advertised list changed), and handles the ones that are no longer desired:
 Resources whose rule and device did not change keep their server, stream and
 IDs untouched. A pool's member IDs are pinned to their devices across rescans
 (:mod:`~smarter_device_manager.pinning`): an ID the kubelet may still count (its
-device present, or unplugged within the grace) never moves to another device.
+device present, or unplugged within the grace) never moves to another device, and the
+pins are kept on disk (:mod:`~smarter_device_manager.deviceplugin.pinstore`) so that holds
+across a daemon restart too.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, replace
 
+from smarter_device_manager.deviceplugin.pinstore import Pins, PinStore
 from smarter_device_manager.deviceplugin.plugin import DevicePlugin, Paths, PluginServer
 from smarter_device_manager.deviceplugin.registrar import Registrar
 from smarter_device_manager.discovery import KIND_POOL, Inventory, Member, Resource
@@ -59,6 +62,7 @@ class Reconciler:
         registrar: Registrar,
         metrics: Metrics,
         removal_grace: float,
+        pins: PinStore | None = None,
     ) -> None:
         self.prefix = prefix
         self.paths = paths
@@ -66,6 +70,7 @@ class Reconciler:
         self.registrar = registrar
         self.metrics = metrics
         self.removal_grace = removal_grace
+        self.pins = pins
         self.running: dict[str, Running] = {}
         self._endpoints: set[str] = set()  # socket file names in use, for O(1) event filtering
         self.start_errors: dict[str, str] = {}
@@ -99,9 +104,27 @@ class Reconciler:
         for name, resource in inventory.resources.items():
             existing = self.running.get(name)
             if existing is None:
-                await self._start(name, resource)
+                await self._start(name, resource, now)
             else:
                 self._refresh(existing, resource, now)
+        if self.pins is not None:
+            self.pins.record(self._pins(), now)
+
+    def _pins(self) -> dict[str, Pins]:
+        """The running pools' pins, for the state file: a pool gone as a whole counts its
+        members as gone since it went."""
+        pools = {}
+        for name, running in self.running.items():
+            resource = running.plugin.resource
+            if resource.kind != KIND_POOL:
+                continue
+            gone = dict(running.gone or {})
+            present = resource.members
+            if running.vanished_since is not None:
+                gone.update((m.identity, (m, running.vanished_since)) for m in present)
+                present = ()
+            pools[name] = Pins(present, gone, set(running.shared or ()))
+        return pools
 
     def _refresh(self, running: Running, resource: Resource, now: float) -> None:
         """A resource still there: tell the kubelet only if its advertised list changed."""
@@ -187,14 +210,26 @@ class Reconciler:
     async def stop_all(self) -> None:
         await asyncio.gather(*(self._withdraw(n, "shutting down", quiet=True) for n in list(self.running)))
 
-    async def _start(self, name: str, resource: Resource) -> None:
+    async def _start(self, name: str, resource: Resource, now: float) -> None:
         resource_name = f"{self.prefix}/{name}"
         shared: set[str] | None = None
+        gone: dict[str, tuple[Member, float]] = {}
         if resource.kind == KIND_POOL:
-            shared = set()
-            resource = replace(resource, members=pin(resource.members, (), shared))
+            # Pins from before a daemon restart: what was held then is held now (its removal
+            # grace goes on), so a held ID never comes back naming another device.
+            saved = self.pins.saved(name, now) if self.pins is not None else Pins()
+            shared = saved.shared
+            held = tuple(m for m, _ in saved.gone.values())
+            resource = replace(resource, members=pin(resource.members, held, shared))
+            present = {m.identity for m in resource.members}
+            gone = {i: g for i, g in saved.gone.items() if i not in present}
         endpoint = socket_name(self.prefix, name, self.plugin_dir)
         plugin = DevicePlugin(resource_name, resource, self.paths, self._allocated)
+        if gone:
+            plugin.update(resource, healthy=True, gone=tuple(m for m, _ in gone.values()))
+            log.warning("%s: devices %s held before the restart are not here; their IDs reported "
+                        "Unhealthy until they come back or the removal grace ends", resource_name,
+                        ", ".join(sorted(gone)))
         server = PluginServer(plugin, f"{self.plugin_dir.rstrip('/')}/{endpoint}")
         try:
             await server.start()
@@ -203,7 +238,7 @@ class Reconciler:
             log.error("%s: %s", resource_name, self.start_errors[name])
             return
         self.start_errors.pop(name, None)
-        self.running[name] = Running(server, endpoint, shared=shared)
+        self.running[name] = Running(server, endpoint, gone=gone or None, shared=shared)
         self._endpoints.add(endpoint)
         log.info("serving %s: %d devices for %s (%s, rule %d) on %s", resource_name,
                  len(plugin.device_ids()), resource.where, resource.kind, resource.rule.index, endpoint)

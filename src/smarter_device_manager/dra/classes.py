@@ -54,8 +54,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from smarter_device_manager.dra import supervise
 from smarter_device_manager.dra.kube import KubeClient, KubeError, path_of
 from smarter_device_manager.dra.mirror import BACKOFF_MAX, BACKOFF_START, Mirror, jitter
+from smarter_device_manager.dra.supervise import Supervisor
 from smarter_device_manager.metrics import Metrics
 from smarter_device_manager.naming import name_problem, prefix_problem
 
@@ -79,6 +81,7 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "dra_classes_in_sync": ("gauge", "1 when the API server holds exactly the classes wanted."),
     "dra_class_writes_total": ("counter", "create/update/delete of DeviceClasses."),
     "dra_api_errors_total": ("counter", "API errors, by verb and HTTP status (0: unreachable)."),
+    **supervise.FAMILY,
 }
 
 
@@ -299,6 +302,7 @@ class ClassController:
         self.prefix = prefix
         self.grace = grace
         self.metrics = metrics
+        self.supervisor = Supervisor(metrics)
         self.clock = clock
         self.error: str | None = None
         self.in_sync = False
@@ -327,7 +331,7 @@ class ClassController:
             reasons.append("the ResourceSlices and DeviceClasses are not listed yet")
         if self.error:
             reasons.append(f"API server: {self.error}")
-        return reasons
+        return reasons + self.supervisor.reasons()
 
     def _fail(self, exc: KubeError) -> None:
         self.metrics.inc("dra_api_errors_total", verb=exc.verb or "?", code=str(exc.status))
@@ -348,7 +352,10 @@ class ClassController:
         self._said = lines
 
     async def run(self) -> None:
-        await asyncio.gather(self._writer(), self.slices.run(), self.classes.run())
+        """The writer and both mirrors, each started again if it fails with a bug (supervise.py)."""
+        await asyncio.gather(self.supervisor.start("the class writer", self._writer),
+                             self.supervisor.start("the slice mirror", self.slices.run),
+                             self.supervisor.start("the class mirror", self.classes.run))
 
     def _plan(self) -> tuple[Plan, float | None]:
         found = resources_in(self.slices.objects.values(), self.driver, self.prefix)
@@ -365,6 +372,7 @@ class ClassController:
     async def _writer(self) -> None:
         delay = BACKOFF_START
         next_end: float | None = None
+        self._wake.set()  # plan at once: this may be a restart after a bug (supervise.py)
         while True:
             timeout = None if next_end is None else max(0.0, next_end - self.clock())
             with contextlib.suppress(asyncio.TimeoutError):  # a grace ended

@@ -33,6 +33,7 @@ from typing import Any
 from smarter_device_manager import __version__, cdi
 from smarter_device_manager.config import reread
 from smarter_device_manager.discovery import KIND_DIRECTORY, directory_nodes, discover
+from smarter_device_manager.dra.boundnames import BoundNames
 from smarter_device_manager.dra.devices import DraDevice, Paths, cdi_device, dra_devices, keep_names
 from smarter_device_manager.dra.health import HealthService, report
 from smarter_device_manager.dra.kube import Cluster, KubeClient
@@ -41,6 +42,7 @@ from smarter_device_manager.dra.node import Checkpoint, NodeService, cdi_dir_pro
 from smarter_device_manager.dra.publisher import Publisher
 from smarter_device_manager.dra.registration import Registration
 from smarter_device_manager.dra.slices import fit
+from smarter_device_manager.dra.supervise import FAMILY, Supervisor
 from smarter_device_manager.dra.unplugged import Unplugged
 from smarter_device_manager.grpcserver import UnixServer
 from smarter_device_manager.http import HttpServer
@@ -72,6 +74,7 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "config_reloads_total": ("counter", "Config files read after start, by result."),
     "hotplug_events_total": ("counter", "Filesystem events seen under the dev directory."),
     "rescans_total": ("counter", "Walks of the dev directory, by reason."),
+    **FAMILY,
 }
 
 
@@ -115,11 +118,12 @@ class DraDaemon:
         self._last_config_data = config.text.encode("utf-8")
         self.metrics = Metrics(FAMILIES)
         self.metrics.collectors.append(self._samples)
+        self.supervisor = Supervisor(self.metrics)
         self.client = KubeClient(cluster)
         self.cluster = cluster
         self.paths = Paths(s.dev_dir, s.host_dev_dir, s.sys_dir)
         self.devices: dict[str, DraDevice] = {}
-        self._bound: dict[str, str] = {}  # DRA name -> the fingerprint it was first published for
+        self.names = BoundNames(s.state_dir)  # DRA name -> the fingerprint it was published for
         self.checkpoint = Checkpoint(s.state_dir)
         self.publisher_lock = FileLock(os.path.join(s.state_dir, PUBLISHER_LOCK))
         self.node = NodeService(s.driver, s.node, self.client, lambda: self.devices, self.refresh_spec,
@@ -208,6 +212,7 @@ class DraDaemon:
         for directory in (s.registry_dir, os.path.dirname(s.endpoint), s.state_dir):
             os.makedirs(directory, exist_ok=True)
         self.checkpoint.load()
+        self.names.load()
         if self.checkpoint.claims:
             log.info("checkpoint: %d prepared claims (%s)", len(self.checkpoint.claims),
                      ", ".join(f"{c['namespace']}/{c['name']}" for c in self.checkpoint.claims.values()))
@@ -225,9 +230,9 @@ class DraDaemon:
         await self._dra_server.serve()
         await self._reg_server.serve()
         log.info("serving %s; registering through %s", s.endpoint, s.registration_socket)
-        tasks = [asyncio.create_task(self._work(), name="worker"),
-                 asyncio.create_task(self.publisher.run(), name="publisher"),
-                 asyncio.create_task(self._lead(), name="leader")]
+        tasks = [self.supervisor.start("the rescan worker", self._work),
+                 asyncio.create_task(self.publisher.run(self.supervisor), name="publisher"),
+                 self.supervisor.start("the publisher lock", self._lead, once=True)]
         await self._stop.wait()
         log.info("stopping: removing our sockets (the slices stay: the kubelet removes them if we do not "
                  "come back)")
@@ -258,6 +263,8 @@ class DraDaemon:
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
+        if self._dev_dirty or self._config_dirty or self._sockets_dirty:
+            self._wake.set()  # started again after a bug: what it had not done yet
         while True:
             due = self.unplugged.next_expiry()  # a grace ends: wake without an event
             try:
@@ -273,15 +280,22 @@ class DraDaemon:
                     break
                 await asyncio.sleep(min(quiet_left, first + MAX_DELAY - now))
             self._wake.clear()
-            try:
-                await self._settle()
-            except Exception:  # a bug must not kill the loop that keeps the node served
-                log.exception("internal error while applying changes; will retry on the next event")
+            await self._settle()  # a bug: logged, shown and retried by the supervisor (supervise.py)
 
     async def _settle(self) -> None:
         config_dirty, self._config_dirty = self._config_dirty, False
         dev_dirty, self._dev_dirty = self._dev_dirty, False
         sockets_dirty, self._sockets_dirty = self._sockets_dirty, False
+        try:
+            await self._apply(config_dirty, dev_dirty, sockets_dirty)
+        except BaseException:
+            # Work is dropped only once it is done: the restarted worker picks it up again.
+            self._config_dirty |= config_dirty
+            self._dev_dirty |= dev_dirty
+            self._sockets_dirty |= sockets_dirty
+            raise
+
+    async def _apply(self, config_dirty: bool, dev_dirty: bool, sockets_dirty: bool) -> None:
         if config_dirty and self._reload_config():
             dev_dirty = True
         if sockets_dirty:
@@ -319,7 +333,9 @@ class DraDaemon:
         if self._watcher is not None:
             self._watcher.sync_dev_dirs(inventory.directories)
         devices, problems = dra_devices(inventory, s.prefix, s.dev_dir, s.sys_dir)
-        devices = keep_names(devices, self._bound)
+        self.names.refresh()  # names another daemon (a rolling update's other pod) bound
+        devices = keep_names(devices, self.names.bound)
+        self.names.save()
         devices, unfit = fit(devices)  # what the API server would refuse stays out, said
         problems += unfit
         fresh = frozenset(inventory.problems) | frozenset(problems)
@@ -441,7 +457,7 @@ class DraDaemon:
             reasons.append(self.publisher.watch_problem)
         elif self.registered and not self.publisher.watching and not self.publisher.error:
             reasons.append("the watch on our ResourceSlices is not running")
-        return reasons
+        return reasons + self.supervisor.reasons()
 
     def _readyz(self) -> tuple[int, str, str]:
         reasons = self.readiness()

@@ -74,6 +74,7 @@ class Mirror:
 
     async def run(self) -> None:
         delay = BACKOFF_START
+        self.watching = False  # a restart after a bug (supervise.py)
         while True:
             try:
                 if not self.synced:

@@ -43,6 +43,7 @@ from typing import Any
 from smarter_device_manager.dra.devices import DraDevice
 from smarter_device_manager.dra.kube import KubeClient, KubeError, path_of
 from smarter_device_manager.dra.slices import API_VERSION, Echo, Write, owner_reference, plan
+from smarter_device_manager.dra.supervise import Supervisor
 from smarter_device_manager.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -125,8 +126,11 @@ class Publisher:
                      self.unplugged)
 
     # --- tasks ---------------------------------------------------------------------------
-    async def run(self) -> None:
-        await asyncio.gather(self._writer(), self._watcher())
+    async def run(self, supervisor: Supervisor | None = None) -> None:
+        """The writer and the watch, each started again if it fails with a bug (supervise.py)."""
+        supervisor = supervisor or Supervisor(self.metrics)
+        await asyncio.gather(supervisor.start("the slice writer", self._writer),
+                             supervisor.start("the slice watch", self._watcher))
 
     async def _list(self) -> None:
         answer = await self.client.request(
@@ -149,6 +153,10 @@ class Publisher:
 
     async def _writer(self) -> None:
         delay = BACKOFF_START
+        # From a fresh list, and at once: this may be a restart after a bug in the middle of a
+        # plan, which the event that woke it will not repeat.
+        self.listed = False
+        self._wake.set()
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -211,6 +219,7 @@ class Publisher:
     async def _watcher(self) -> None:
         loop = asyncio.get_running_loop()
         delay = BACKOFF_START
+        self.watching = False  # a restart after a bug
         while True:
             if not self.listed:
                 self._listed_event.clear()
