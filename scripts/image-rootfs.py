@@ -71,7 +71,8 @@ EXCLUDED = {
     "pyexpat", "http.client", "http.cookiejar", "urllib.request", "ftplib", "smtplib",
     "lib2to3", "ensurepip", "venv", "tomllib", "_decimal", "_pydecimal",
     "decimal", "fractions", "statistics", "uuid", "_uuid", "netrc", "getpass",
-    "webbrowser", "mimetypes", "optparse", "calendar", "pickle", "_pickle",
+    # (not calendar: dra reads a taint's timeAdded with time.strptime, which imports it)
+    "webbrowser", "mimetypes", "optparse", "pickle", "_pickle",
     "pickletools", "_compat_pickle", "copyreg_unused", "csv", "_csv", "sysconfig",
     "_aix_support", "_osx_support", "_android_support", "_apple_support", "_ios_support",
     # Other platforms' code and pure-Python fallbacks of the C modules this interpreter has:
