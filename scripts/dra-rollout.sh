@@ -49,7 +49,11 @@ DRIVER=smarter-devices.io
 DS=sdm-roll-dra
 LABEL=app.kubernetes.io/name=smarter-device-manager-dra
 STATE=/var/lib/kubelet/plugins/$DRIVER
-NODE=$(kubectl get nodes -o jsonpath='{.items[0].metadata.name}' 2>/dev/null)
+# The node this runs on (it makes the test devices here): its hostname, or SDM_NODE where the
+# node's name is not its hostname. Never "the first node": other nodes may come and go.
+NODE=${SDM_NODE:-$(hostname)}
+kubectl get node "$NODE" >/dev/null 2>&1 ||
+  { echo "no node $NODE in the cluster: run this on a node, or set SDM_NODE to this node's name" >&2; exit 2; }
 [[ -n ${SDM_ROLLOUT_NODE:-} ]] && NODE=$SDM_ROLLOUT_NODE
 TMP=$(mktemp -d)
 FAILS=0

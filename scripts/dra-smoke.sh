@@ -51,7 +51,11 @@ IMAGE=${SDM_SMOKE_IMAGE:-localhost/smarter-device-manager:dra}
 PY=${SDM_SMOKE_PYTHON:-$HERE/.venv/bin/python}
 DRIVER=smarter-devices.io
 REALK8S_TOOLS=${REALK8S_TOOLS:-$HERE/../shared/tools/realk8s}
-NODE=$(kubectl get nodes -o jsonpath='{.items[0].metadata.name}' 2>/dev/null)
+# The node this runs on (it makes the test devices here): its hostname, or SDM_NODE where the
+# node's name is not its hostname. Never "the first node": other nodes may come and go.
+NODE=${SDM_NODE:-$(hostname)}
+kubectl get node "$NODE" >/dev/null 2>&1 ||
+  { echo "no node $NODE in the cluster: run this on a node, or set SDM_NODE to this node's name" >&2; exit 2; }
 [[ -n ${SDM_SMOKE_NODE:-} ]] && NODE=$SDM_SMOKE_NODE
 TMP=$(mktemp -d)
 FAILS=0

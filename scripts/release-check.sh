@@ -20,7 +20,8 @@
 # 5. cleans up what it made (namespace, release, test devices; the loaded image stays).
 # One PASS/FAIL line per check, RELEASE-CHECK: PASS (exit 0) or RELEASE-CHECK: FAIL at the end.
 #
-# Environment: IMAGE_TOOLS (default ../shared/tools/image), REALK8S_TOOLS (default
+# Environment: SDM_NODE (this node's name, default its hostname), IMAGE_TOOLS (default
+# ../shared/tools/image), REALK8S_TOOLS (default
 # ../shared/tools/realk8s), PYTHON (a python with helm-python-sdk, default .venv/bin/python).
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -49,7 +50,11 @@ DEV=sdm-rc0
 RESOURCE=smarter-devices/$DEV
 PLUGIN_DIR=/var/lib/kubelet/device-plugins
 BUSYBOX=${REALK8S_BUSYBOX_IMAGE:-localhost/realk8s/busybox:local}
-NODE=$(kubectl get nodes -o jsonpath='{.items[0].metadata.name}')
+# The node this runs on (it makes the test devices here): its hostname, or SDM_NODE where the
+# node's name is not its hostname. Never "the first node": other nodes may come and go.
+NODE=${SDM_NODE:-$(hostname)}
+kubectl get node "$NODE" >/dev/null 2>&1 ||
+  { echo "no node $NODE in the cluster: run this on a node, or set SDM_NODE to this node's name" >&2; exit 2; }
 FAILS=0 T0=$(date +%s)
 say() { printf '[%4ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
 pass() { say "PASS $*"; }
