@@ -21,8 +21,7 @@
 # One PASS/FAIL line per check, RELEASE-CHECK: PASS (exit 0) or RELEASE-CHECK: FAIL at the end.
 #
 # Environment: SDM_NODE (this node's name, default its hostname), IMAGE_TOOLS (default
-# ../shared/tools/image), REALK8S_TOOLS (default
-# ../shared/tools/realk8s), PYTHON (a python with helm-python-sdk, default .venv/bin/python).
+# ../shared/tools/image), REALK8S_TOOLS (default ../shared/tools/realk8s), PYTHON (a python with helm-python-sdk, default .venv/bin/python).
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
