@@ -98,7 +98,22 @@ slice_devices() {  # names of the devices in our slices of this node
   kubectl get resourceslices --field-selector "spec.nodeName=$NODE,spec.driver=$DRIVER" \
     -o jsonpath='{range .items[*].spec.devices[*]}{.name}{"\n"}{end}' 2>/dev/null | sort | tr '\n' ' '
 }
+claim_pods_gone() {  # NAMESPACE...: delete the pods that hold claims and wait until they are gone
+  # Before the driver goes: the kubelet unprepares a pod's claims before the pod is removed, and a
+  # pod whose DRA driver was deleted first stays Terminating for ever (and its namespace with it).
+  local ns pods
+  for ns in "$@"; do
+    pods=$(kubectl -n "$ns" get pods -o jsonpath='{range .items[?(@.spec.resourceClaims)]}{.metadata.name}{" "}{end}' 2>/dev/null)
+    # shellcheck disable=SC2086
+    [[ -n $pods ]] && kubectl -n "$ns" delete pods $pods --wait=false >/dev/null 2>&1
+  done
+  for ns in "$@"; do
+    wait_until 120 eval '[[ -z $(kubectl -n "$ns" get pods -o jsonpath="{.items[?(@.spec.resourceClaims)].metadata.name}" 2>/dev/null) ]]' ||
+      echo "NOTE pods with claims still in $ns after 120 s"
+  done
+}
 cleanup() {
+  claim_pods_gone "$NS"
   kubectl delete ns "$NS" --ignore-not-found --wait=false >/dev/null 2>&1
   if [[ -f $TMP/objects.yaml ]]; then kubectl delete -f "$TMP/objects.yaml" --ignore-not-found >/dev/null 2>&1; fi
   if [[ -n $DAEMON_PID && -d /proc/$DAEMON_PID ]]; then kill -TERM "$DAEMON_PID"; wait "$DAEMON_PID" 2>/dev/null; fi
