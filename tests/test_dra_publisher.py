@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from aiorun import run as bounded_run
 from fake_apiserver import FakeApiServer
 from kubelet_dra_standin import wait_for
 
@@ -36,7 +37,7 @@ def device(name: str) -> DraDevice:
 
 
 def run(coro: Any) -> None:
-    asyncio.run(asyncio.wait_for(coro, 120))
+    bounded_run(coro, 120)
 
 
 def watches(api: FakeApiServer) -> list[str]:

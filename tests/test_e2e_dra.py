@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiorun import run as bounded_run
 from conftest import DaemonProcess, Node, mkdev, needs_root
 from fake_apiserver import FakeApiServer
 from fakesysfs import FakeSysfs
@@ -44,7 +45,7 @@ CONFIG = """\
 
 
 def run(coro: Coroutine[Any, Any, None], timeout: float = 60) -> None:
-    asyncio.run(asyncio.wait_for(coro, timeout))
+    bounded_run(coro, timeout)
 
 
 @dataclass
