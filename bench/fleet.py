@@ -389,6 +389,23 @@ async def back_again(admin: KubeClient) -> tuple[float, float]:
         await asyncio.sleep(0.25)
 
 
+async def flowschema_in_force(kubeconfig: str, counter: Counter, node: str) -> None:
+    """Requests as the fleet until its FlowSchema counts them (a new one takes a moment)."""
+    probe = KubeClient(load_kubeconfig(kubeconfig))
+    try:
+        await counter.sample()
+        start = counter.total
+        for _ in range(120):
+            await probe.request("GET", f"{NODES}/{node}")
+            await counter.sample()
+            if counter.total > start:
+                return
+            await asyncio.sleep(0.5)
+        raise TimeoutError(f"the FlowSchema {NAME} does not count the fleet's requests")
+    finally:
+        await probe.close()
+
+
 async def wait_until(what: str, check: Callable[[], Awaitable[bool]], timeout: float) -> float:
     start = time.monotonic()
     while not await check():
@@ -438,7 +455,7 @@ async def fleet(args: argparse.Namespace, daemons: list[Daemon], root: Path) -> 
         server_rss = proc_status(args.apiserver_pid)["VmRSS"] if args.apiserver_pid else 0.0
         view, counter = SliceView(admin), Counter(admin)
         tasks += [asyncio.create_task(view.run()), asyncio.create_task(counter.run())]
-        await asyncio.sleep(3)  # the FlowSchema is in force, the counter has a first sample
+        await flowschema_in_force(kubeconfig, counter, daemons[0].name)
         group = Fleet(daemons, view)
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
         print(f"fleet of {n} DRA daemons (3 devices each) against {cluster.url}; "
@@ -452,6 +469,8 @@ async def fleet(args: argparse.Namespace, daemons: list[Daemon], root: Path) -> 
         await asyncio.gather(*(d.register(deadline) for d in daemons))
         registered = time.monotonic()
         done = await wait_until("all in sync after the cold start", group.in_sync, args.timeout)
+        await asyncio.sleep(2)
+        await counter.sample()
         requests, peak = counter.since(t0)
         report(f"cold start of {n} -> all registered", f"{registered - t0:.1f} s", "-")
         report(f"cold start of {n} -> all slices in sync", f"{done - t0:.1f} s",
@@ -563,7 +582,7 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (the daemons' logs)")
     args = parser.parse_args()
     if args.quick:
-        args.nodes, args.rest = 10, 20.0
+        args.nodes, args.rest = 10, min(args.rest, 20.0)
     if not args.kubeconfig:
         parser.error("no kubeconfig: --kubeconfig or $KUBECONFIG")
     if os.geteuid() != 0:
