@@ -548,6 +548,10 @@ async def fleet(args: argparse.Namespace, daemons: list[Daemon], root: Path) -> 
                "<= 30 s (fleet of 100)")
         report("  fleet requests since it serves; per node; peak rate",
                f"{requests:.0f}; {requests / n:.1f}; {peak:.0f}/s", "no herd")
+        # The API server serves some requests before its /readyz says 200.
+        requests, peak = counter.since(t0)
+        report("  fleet requests since the stop; per node; peak rate",
+               f"{requests:.0f}; {requests / n:.1f}; {peak:.0f}/s", "no herd")
     finally:
         for task in tasks:
             task.cancel()
