@@ -153,6 +153,18 @@ async def cleanup_api(admin: KubeClient) -> None:
             await delete(admin, f"{collection}/{body['metadata']['name']}")
 
 
+async def namespace_gone(admin: KubeClient) -> None:
+    for _ in range(240):
+        try:
+            await admin.request("GET", path_of("v1", "namespaces", NAMESPACE))
+        except KubeError as exc:
+            if exc.not_found:
+                return
+            raise
+        await asyncio.sleep(0.5)
+    raise TimeoutError(f"namespace {NAMESPACE} is still there after 2 minutes")
+
+
 async def raw_get(admin: KubeClient, path: str) -> str:
     """A non-JSON answer (``/metrics``), through the package's own client."""
     response = await asyncio.wait_for(admin._exchange("GET", path, None), 20)
@@ -442,6 +454,7 @@ async def fleet(args: argparse.Namespace, daemons: list[Daemon], root: Path) -> 
     tasks: list[asyncio.Task[None]] = []
     try:
         await cleanup_api(admin)  # an earlier run killed before it could clean up
+        await namespace_gone(admin)  # an earlier run's may still be terminating
         for collection, body in setup_objects():
             await create(admin, collection, body)
         token = await admin.request("POST", path_of("v1", "serviceaccounts", ACCOUNT, NAMESPACE) + "/token", {
@@ -592,6 +605,7 @@ def main() -> int:
     if os.geteuid() != 0:
         parser.error("needs root (mknod)")
     signal.signal(signal.SIGTERM, _interrupted)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
     root = Path(tempfile.mkdtemp(prefix="sdm-fleet-"))
     daemons: list[Daemon] = []
     try:
