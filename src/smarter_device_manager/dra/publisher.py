@@ -9,7 +9,10 @@ carries them out. No timer polls: an idle node holds one watch connection and co
 Faults: every API error is counted and kept as ``error`` (``/readyz`` shows it); the writer
 retries with backoff (0.5 s doubling to 30 s); a conflict (someone wrote the slice since we
 read it) or a slice gone under us makes it list again before the next plan, so the write that
-follows is based on what the server really has. A 403 names the verb and resource the
+follows is based on what the server really has. A watch that cannot be opened (the server away,
+restarting) also makes it list again before the next watch: that list, retried by the writer with
+its backoff and jitter, is what clears the error once the server is back (a resumed watch of an
+idle node brings no event that would). A 403 names the verb and resource the
 ServiceAccount lacks. Prepared claims do not depend on any of this (see ``node.py``).
 
 A watch the server (or a proxy in between) ends at once without a single event would be reopened
@@ -246,7 +249,11 @@ class Publisher:
                 self._fail(exc)
                 if exc.status == 410:  # Gone: our resourceVersion is compacted away
                     log.info("slice watch refused with 410 Gone; listing again")
-                    self.listed = False
+                # List again before the next watch, for every refusal: the writer's list (with its
+                # own backoff and jitter) is what tells that the server answers again and clears
+                # the error. A watch resumed from its version on an idle node brings no event
+                # (BOOKMARKs wake nobody), so without it the error, and /readyz's 503, stayed.
+                self.listed = False
                 await asyncio.sleep(_jitter(delay))
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
