@@ -609,6 +609,8 @@ if wait_until 90 unprepared; then
 else
   fail "no NodeUnprepareResources within 90 s of deleting the pods"
 fi
+# The kubelet unprepares each claim once its last pod is gone (smoke-shared: both of its pods).
+wait_until 90 eval '[[ $(metrics) == *"smarter_device_manager_dra_prepared_claims 0"* ]]'
 m=$(metrics)
 pid=$(pgrep -f "smarter-device-manager dra" | head -1)
 [[ -n $pid ]] && note "daemon memory: $(grep -E '^(VmRSS|VmHWM|Threads)' /proc/"$pid"/status | tr -s ' \t' ' ' | tr '\n' ' ')"
