@@ -569,6 +569,7 @@ def test_built_image_dra_publishes_the_slice_and_prepares_a_claim(tmp_path: Path
 
     async def scenario() -> None:
         api = FakeApiServer()
+        api.add_node(node, "uid-node-image")  # the slices name their Node as owner
         await api.start(tls=tls[0] if tls else None)
         kubeconfig = Path(api.kubeconfig(str(work / "kubeconfig")))
         if tls:  # the CA inline, as kubeadm writes it
