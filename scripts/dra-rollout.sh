@@ -181,7 +181,7 @@ apiVersion: v1
 kind: Pod
 metadata: {name: $pod}
 spec:
-  nodeName: $NODE
+  nodeSelector: {kubernetes.io/hostname: $NODE}  # not nodeName: the scheduler allocates claims
   terminationGracePeriodSeconds: 1
   restartPolicy: Never
   resourceClaims: [{name: dev, resourceClaimTemplateName: roll}]
@@ -288,7 +288,7 @@ apiVersion: v1
 kind: Pod
 metadata: {name: $2, namespace: $1}
 spec:
-  nodeName: $NODE
+  nodeSelector: {kubernetes.io/hostname: $NODE}  # not nodeName: the scheduler allocates claims
   terminationGracePeriodSeconds: 1
   resourceClaims: [{name: dev, resourceClaimName: $2}]
   containers:

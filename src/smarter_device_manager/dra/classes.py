@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from smarter_device_manager.dra import supervise
-from smarter_device_manager.dra.kube import KubeClient, KubeError, path_of
+from smarter_device_manager.dra.kube import KubeClient, KubeError, path_of, within
 from smarter_device_manager.dra.mirror import BACKOFF_MAX, BACKOFF_START, Mirror, jitter
 from smarter_device_manager.dra.supervise import Supervisor
 from smarter_device_manager.metrics import Metrics
@@ -376,7 +376,7 @@ class ClassController:
         while True:
             timeout = None if next_end is None else max(0.0, next_end - self.clock())
             with contextlib.suppress(asyncio.TimeoutError):  # a grace ended
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                await within(self._wake.wait(), timeout)
             self._wake.clear()
             if not (self.slices.synced and self.classes.synced):
                 continue

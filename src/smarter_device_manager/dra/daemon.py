@@ -36,7 +36,7 @@ from smarter_device_manager.discovery import KIND_DIRECTORY, directory_nodes, di
 from smarter_device_manager.dra.boundnames import BoundNames
 from smarter_device_manager.dra.devices import DraDevice, Paths, cdi_device, dra_devices, keep_names
 from smarter_device_manager.dra.health import HealthService, report
-from smarter_device_manager.dra.kube import Cluster, KubeClient
+from smarter_device_manager.dra.kube import Cluster, KubeClient, within
 from smarter_device_manager.dra.locks import CLAIMS_LOCK, POLL, PUBLISHER_LOCK, FileLock
 from smarter_device_manager.dra.node import Checkpoint, NodeService, cdi_dir_problem
 from smarter_device_manager.dra.publisher import Publisher
@@ -268,7 +268,7 @@ class DraDaemon:
         while True:
             due = self.unplugged.next_expiry()  # a grace ends: wake without an event
             try:
-                await asyncio.wait_for(self._wake.wait(), None if due is None else max(0, due - time.time()))
+                await within(self._wake.wait(), None if due is None else max(0, due - time.time()))
             except asyncio.TimeoutError:
                 self._expire()
                 continue

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Mapping
 from grpclib.server import Stream
 
 from smarter_device_manager.api import dra as pb
+from smarter_device_manager.dra.kube import within
 from smarter_device_manager.dra.unplugged import Gone
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ class HealthService(pb.DRAResourceHealthService):
                 event = self._changed
                 await stream.send_message(self.current())
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(event.wait(), self.resend)
+                    await within(event.wait(), self.resend)
         finally:
             self.streams -= 1
             log.info("a device health stream ended (%d left)", self.streams)

@@ -33,13 +33,27 @@ import asyncio
 import json
 import os
 import ssl
+import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
 from smarter_device_manager import __version__
+
+_T = TypeVar("_T")
+
+
+async def within(awaitable: Awaitable[_T], seconds: float | None) -> _T:
+    """``asyncio.wait_for`` without its Python 3.10/3.11 race: a cancellation that arrives as the
+    awaited call completes is lost there (cpython#86296), and a daemon task told to stop went on
+    watching. ``asyncio.timeout`` (3.11+) keeps it; 3.10 has only ``wait_for``."""
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    return await asyncio.wait_for(awaitable, seconds)
+
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 USER_AGENT = f"smarter-device-manager/{__version__} (dra)"
@@ -369,7 +383,7 @@ class KubeClient:
         """One API call; the decoded JSON answer, or KubeError."""
         data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
         try:
-            response = await asyncio.wait_for(self._exchange(method, path, data), self.timeout)
+            response = await within(self._exchange(method, path, data), self.timeout)
         except asyncio.TimeoutError:
             raise KubeError(0, "Timeout", f"no answer from the API server {self.cluster.url} within "
                             f"{self.timeout:g} s", verb, resource) from None
@@ -392,7 +406,7 @@ class KubeClient:
         """
         query = urlencode({**params, "watch": "1"})
         try:
-            reader, writer = await asyncio.wait_for(self._connect(), self.timeout)
+            reader, writer = await within(self._connect(), self.timeout)
         except (asyncio.TimeoutError, OSError, ssl.SSLError) as exc:
             raise KubeError(0, "Unreachable", f"cannot reach the API server {self.cluster.url}: "
                             f"{getattr(exc, 'strerror', None) or exc or 'timeout'}", "watch",
@@ -402,12 +416,12 @@ class KubeClient:
             try:
                 writer.write(self._head("GET", f"{path}?{query}", None))
                 await writer.drain()
-                status, headers = await asyncio.wait_for(_read_head(reader), self.timeout)
+                status, headers = await within(_read_head(reader), self.timeout)
             except (asyncio.TimeoutError, ConnectionError, asyncio.IncompleteReadError, OSError) as exc:
                 raise KubeError(0, "Unreachable", f"watch of {path} failed: {exc or 'timeout'}",
                                 "watch", resource) from None
             if status >= 400:
-                body = await asyncio.wait_for(_read_body(reader, headers), self.timeout)
+                body = await within(_read_body(reader, headers), self.timeout)
                 raise _status_error(status, body, "watch", resource)
             buffer = b""
             # The server ends the watch after timeoutSeconds; a connection that stays silent
@@ -417,7 +431,7 @@ class KubeClient:
             try:
                 while True:
                     try:
-                        chunk = await asyncio.wait_for(chunks.__anext__(), idle)
+                        chunk = await within(chunks.__anext__(), idle)
                     except StopAsyncIteration:
                         return
                     buffer += chunk
