@@ -232,7 +232,10 @@ sleep 20
 touch "$TMP/stop"
 for pid in "${PIDS[@]:1}"; do wait "$pid" 2>/dev/null; done
 k delete pods -l '!app.kubernetes.io/name' --wait=true --timeout=120s >/dev/null 2>&1
-test_claims() { [[ -f $STATE/checkpoint.json ]] && grep -o "\"namespace\":\"$NS\"" "$STATE/checkpoint.json" | wc -l || echo 0; }
+test_claims() {  # claims of $NS in the checkpoint (one number, also when there are none)
+  [[ -f $STATE/checkpoint.json ]] || { echo 0; return; }
+  { grep -o "\"namespace\":\"$NS\"" "$STATE/checkpoint.json" || true; } | wc -l
+}
 wait_until 120 eval '[[ $(test_claims) == 0 ]]' || fail "the checkpoint still holds $(test_claims) claims of $NS"
 
 # ---- 5. the verdict
@@ -252,7 +255,7 @@ prepared, unprepared = {}, {}
 for path in glob.glob(os.path.join(tmp, "log-*")):
     pod = os.path.basename(path)[4:]
     for line in open(path, errors="replace"):
-        m = re.search(r"Node(Un)?prepareResources " + re.escape(ns) + r"/\S+ \(uid ([0-9a-f-]+)\)", line)
+        m = re.search(r"Node(Un)?[Pp]repareResources " + re.escape(ns) + r"/\S+ \(uid ([0-9a-f-]+)\)", line)
         if m:
             (unprepared if m.group(1) else prepared).setdefault(m.group(2), set()).add(pod)
 cross = [u for u, pods in unprepared.items() if u in prepared and not pods & prepared[u]]
