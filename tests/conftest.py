@@ -41,7 +41,8 @@ def reachable_tmp() -> Iterator[Path]:
     import shutil
     import tempfile
 
-    root = Path(tempfile.mkdtemp(prefix="sdm-perm-", dir="/tmp"))
+    # /tmp, or SDM_TEST_REACHABLE_DIR (tests/test_hygiene.py counts what is left there)
+    root = Path(tempfile.mkdtemp(prefix="sdm-perm-", dir=os.environ.get("SDM_TEST_REACHABLE_DIR", "/tmp")))
     root.chmod(0o755)
     try:
         yield root
