@@ -297,7 +297,9 @@ def test_daemon_restart_keeps_prepared_claims_even_without_the_api_server(node: 
             await wait_for(lambda: "serving" in dra.proc.log, 10)
             api.fail_next = [503] * 1000  # the API server is down from now on
             dra.kubelet._seen.clear()  # the new registration socket is found again
-            await wait_for(lambda: "the kubelet registered" in dra.proc.log, 10)
+            # the new daemon's socket registered (the log file also holds the old daemon's lines)
+            await wait_for(lambda: bool(dra.kubelet._seen) and DRIVER in dra.kubelet.registered, 30,
+                           "registered again")
             again = await dra.kubelet.prepare(DRIVER, ("default", "tty", "uid-tty"))
             assert again.claims["uid-tty"] == first.claims["uid-tty"]
             assert "from the checkpoint" in dra.proc.log
@@ -513,7 +515,9 @@ def test_a_firstavailable_subrequest_reaches_the_container_naming_its_request(no
             assert dra.kubelet.container_cdi_ids(claim, "tty") == [f"{DRIVER}/device=ttyusb0"]
             dra.restart_daemon()  # answered from the checkpoint: the same names
             dra.kubelet._seen.clear()
-            await wait_for(lambda: "the kubelet registered" in dra.proc.log, 10)
+            # the new daemon's socket registered (the log file also holds the old daemon's lines)
+            await wait_for(lambda: bool(dra.kubelet._seen) and DRIVER in dra.kubelet.registered, 30,
+                           "registered again")
             again = await dra.kubelet.prepare(DRIVER, ("default", "cam", "uid-cam"))
             assert dra.kubelet.container_cdi_ids(again.claims["uid-cam"], "camera") == [
                 f"{DRIVER}/device=video0"]
