@@ -44,7 +44,7 @@ CONFIG = """\
 """
 
 
-def run(coro: Coroutine[Any, Any, None], timeout: float = 60) -> None:
+def run(coro: Coroutine[Any, Any, None], timeout: float = 180) -> None:
     bounded_run(coro, timeout)
 
 
