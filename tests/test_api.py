@@ -19,7 +19,7 @@ import pytest
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from smarter_device_manager.api import messages as ours
-from smarter_device_manager.api.services import REGISTER_PATH, DevicePluginService
+from smarter_device_manager.api.services import METHODS, REGISTER_PATH
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
@@ -64,9 +64,11 @@ def test_service_paths_match_the_proto() -> None:
     plugin = ref.DESCRIPTOR.services_by_name["DevicePlugin"]
     expected = {f"/v1beta1.DevicePlugin/{m.name}": (m.input_type.name, m.output_type.name)
                 for m in plugin.methods}
-    mapping = DevicePluginService().__mapping__()
-    assert {path: (h.request_type.__name__, h.reply_type.__name__)
-            for path, h in mapping.items()} == expected
+    assert {path: (request.__name__, reply.__name__)
+            for path, (_, request, reply, _) in METHODS.items()} == expected
+    streaming = {f"/v1beta1.DevicePlugin/{m.name}" for m in plugin.methods if m.server_streaming}
+    assert {path for path, (*_, stream) in METHODS.items() if stream} == streaming
+    assert all(name == path.rsplit("/", 1)[1] for path, (name, *_) in METHODS.items())
     register = ref.DESCRIPTOR.services_by_name["Registration"].methods_by_name["Register"]
     assert f"/v1beta1.Registration/{register.name}" == REGISTER_PATH
 

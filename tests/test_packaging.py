@@ -1,7 +1,7 @@
 """`pip install .` gets exactly the runtime stack the tests ran against.
 
-lowmem.py trims private internals of grpclib, h2 and hpack, so their versions
-are part of the product: each distribution the runtime dependencies pull in
+The daemon's wire decodes headers with hpack and DRA mode serves on grpclib and h2,
+so their versions are part of the product: each distribution the runtime dependencies pull in
 must be pinned exactly in pyproject.toml's ``dependencies`` (constraints.txt is
 not read by a plain ``pip install .``), and constraints.txt must agree.
 """

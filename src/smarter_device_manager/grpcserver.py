@@ -1,68 +1,29 @@
-"""gRPC over a unix socket: the server both modes host their services on.
+"""gRPC over a unix socket: the restartable server both modes host their services on.
 
-Device-plugin mode serves one DevicePlugin per resource on its own socket, DRA mode its DRA
-service with the health service on one socket (the kubelet dials one endpoint for both) and the
-plugin watcher's Registration service on another; each is one :class:`UnixServer`. What
-they share: the socket is ours only while its inode is the one we created (a stranger's file of
-the same name, or one the kubelet recreated, is not), anything at the path that is not a socket
-is never removed, and closing a server closes the connections it accepted.
+Device-plugin mode serves one DevicePlugin per resource on its own socket (``grpcwire``, the
+lean HTTP/2 of that mode), DRA mode its DRA service with the health service on one socket (the
+kubelet dials one endpoint for both) and the plugin watcher's Registration service on another
+(grpclib: ``grpclibserver.GrpclibServer``, which device-plugin mode never imports). What they share: the
+socket is ours only while its inode is the one we created (a stranger's file of the same name,
+or one the kubelet recreated, is not), anything at the path that is not a socket is never
+removed, and closing a server closes the connections it accepted.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from typing import Any, ClassVar
-
-from grpclib.server import Server
-
-
-class ClosingServer(Server):
-    """grpclib's Server, which on close() also closes the connections it accepted.
-
-    grpclib only cancels the running calls; the kubelet's connection would stay
-    open until the kubelet drops it, and a node that withdraws thousands of
-    resources (hotplug bursts) would keep thousands of dead connections.
-    """
-
-    _shared: ClassVar[tuple[Any, Any] | None] = None  # (grpclib config, h2 config)
-
-    def __init__(self, handlers: list[Any]) -> None:
-        super().__init__(handlers)
-        # The configurations are the same for every server: share one pair rather
-        # than keep two objects per resource.
-        if ClosingServer._shared is None:
-            ClosingServer._shared = (self._config, self._h2_config)
-        self._config, self._h2_config = ClosingServer._shared
-        self._protocols: set[Any] = set()
-
-    def _protocol_factory(self) -> Any:
-        # Forget connections that are already closed (a plain set, not a WeakSet
-        # or a callback per connection: both cost memory on every resource).
-        self._protocols = {p for p in self._protocols if not _closed(p)}
-        protocol = super()._protocol_factory()
-        self._protocols.add(protocol)
-        return protocol
-
-    def close(self) -> None:
-        super().close()
-        for protocol in list(self._protocols):
-            connection = getattr(protocol, "connection", None)
-            if connection is not None:
-                connection.close()
-
-
-def _closed(protocol: Any) -> bool:
-    connection = getattr(protocol, "connection", None)
-    return connection is not None and bool(connection.is_closing())
+from typing import Any
 
 
 class UnixServer:
-    """One grpclib server hosting ``handler`` on the unix socket ``socket_path``, restartable.
+    """A server hosting ``handler`` on the unix socket ``socket_path``, restartable.
 
-    ``handler`` may be a list of handlers served together on the one socket. A list rather than
-    a second attribute: device-plugin mode keeps one server per resource, and a slot costs on
-    each of them.
+    ``_new_server`` makes the server proper (anything with ``start(path=)``, ``close()`` and
+    ``wait_closed()``): grpclib's for DRA mode (``grpclibserver.GrpclibServer``), ``grpcwire``'s for
+    device-plugin mode (``deviceplugin.plugin.PluginServer``). ``handler`` may be a list of
+    handlers served together on the one socket. A list rather than a second attribute:
+    device-plugin mode keeps one server per resource, and a slot costs on each of them.
     """
 
     __slots__ = ("_inode", "_server", "handler", "socket_path")
@@ -70,8 +31,11 @@ class UnixServer:
     def __init__(self, handler: Any, socket_path: str) -> None:
         self.handler = handler
         self.socket_path = socket_path
-        self._server: Server | None = None
+        self._server: Any = None
         self._inode = 0
+
+    def _new_server(self) -> Any:
+        raise NotImplementedError
 
     def present(self) -> bool:
         """Is our socket file (not a stranger's with the same name) still there?"""
@@ -83,7 +47,7 @@ class UnixServer:
     async def start(self) -> None:
         """Serve on a fresh socket (whatever socket was at the path is replaced)."""
         remove_socket(self.socket_path)
-        server = ClosingServer(self.handler if isinstance(self.handler, list) else [self.handler])
+        server = self._new_server()
         await server.start(path=self.socket_path)
         self._server = server
         self._inode = os.stat(self.socket_path).st_ino

@@ -1,25 +1,37 @@
-"""The two gRPC services of the API, bound to our message classes for grpclib.
+"""The two gRPC services of the device-plugin API, bound to our message classes.
 
-What grpclib's protoc plugin would generate (method paths, cardinality,
-request and reply types), written out because the messages are ours
-(see messages.py). ``tests/test_api.py`` checks the paths against protoc's
-descriptor of ``deviceplugin.proto``.
+What a protoc plugin would generate (method paths, request and reply types), written out
+because the messages are ours (see messages.py) and the wire is ours (``grpcwire``).
+``tests/test_api.py`` checks the paths and types against protoc's descriptor of
+``deviceplugin.proto``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from grpclib.client import Channel, UnaryUnaryMethod
-from grpclib.const import Cardinality, Handler
-
 from smarter_device_manager.api import messages as pb
+from smarter_device_manager.grpcwire import Channel
 
-_UNARY = Cardinality.UNARY_UNARY
+_BASE = "/v1beta1.DevicePlugin/"
+# path -> (handler method, request type, reply type, server-streaming?)
+METHODS: dict[str, tuple[str, type[pb.Message], type[pb.Message], bool]] = {
+    _BASE + "GetDevicePluginOptions": ("GetDevicePluginOptions", pb.Empty, pb.DevicePluginOptions,
+                                       False),
+    _BASE + "ListAndWatch": ("ListAndWatch", pb.Empty, pb.ListAndWatchResponse, True),
+    _BASE + "GetPreferredAllocation": ("GetPreferredAllocation", pb.PreferredAllocationRequest,
+                                       pb.PreferredAllocationResponse, False),
+    _BASE + "Allocate": ("Allocate", pb.AllocateRequest, pb.AllocateResponse, False),
+    _BASE + "PreStartContainer": ("PreStartContainer", pb.PreStartContainerRequest,
+                                  pb.PreStartContainerResponse, False),
+}
+# What grpcwire.Server dispatches on (shared by every plugin's server): path -> (method, request).
+SERVER_METHODS = {path: (name, request) for path, (name, request, _, _) in METHODS.items()}
 
 
 class DevicePluginService:
-    """Base of a plugin: subclasses define the five async handlers."""
+    """Base of a plugin: subclasses define the five async handlers, each given a
+    ``grpcwire.Call``."""
 
     __slots__ = ()
 
@@ -38,26 +50,11 @@ class DevicePluginService:
     async def PreStartContainer(self, stream: Any) -> None:
         raise NotImplementedError
 
-    def __mapping__(self) -> dict[str, Handler]:
-        base = "/v1beta1.DevicePlugin/"
-        return {
-            base + "GetDevicePluginOptions": Handler(
-                self.GetDevicePluginOptions, _UNARY, pb.Empty, pb.DevicePluginOptions),
-            base + "ListAndWatch": Handler(
-                self.ListAndWatch, Cardinality.UNARY_STREAM, pb.Empty, pb.ListAndWatchResponse),
-            base + "GetPreferredAllocation": Handler(
-                self.GetPreferredAllocation, _UNARY, pb.PreferredAllocationRequest,
-                pb.PreferredAllocationResponse),
-            base + "Allocate": Handler(self.Allocate, _UNARY, pb.AllocateRequest, pb.AllocateResponse),
-            base + "PreStartContainer": Handler(
-                self.PreStartContainer, _UNARY, pb.PreStartContainerRequest,
-                pb.PreStartContainerResponse),
-        }
-
 
 REGISTER_PATH = "/v1beta1.Registration/Register"
 
 
-def register_method(channel: Channel) -> UnaryUnaryMethod[pb.RegisterRequest, pb.Empty]:
+async def register(channel: Channel, request: pb.RegisterRequest) -> pb.Empty:
     """The kubelet's ``Registration.Register`` on ``channel``."""
-    return UnaryUnaryMethod(channel, REGISTER_PATH, pb.RegisterRequest, pb.Empty)
+    reply: pb.Empty = await channel.unary(REGISTER_PATH, request, pb.Empty)
+    return reply

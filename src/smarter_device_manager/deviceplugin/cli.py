@@ -145,10 +145,9 @@ def serve(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from smarter_device_manager import logs, lowmem
+    from smarter_device_manager import logs
 
-    logs.setup(args.log_level, args.log_format)  # first: a trim left out is logged as a warning
-    lowmem.install()
+    logs.setup(args.log_level, args.log_format)
     from smarter_device_manager.deviceplugin.daemon import Daemon, Settings
 
     log = logging.getLogger("smarter_device_manager")

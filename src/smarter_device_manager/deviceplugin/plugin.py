@@ -28,11 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from grpclib import GRPCError, Status
-from grpclib.server import Stream
-
 from smarter_device_manager.api import messages as pb
-from smarter_device_manager.api.services import DevicePluginService
+from smarter_device_manager.api.services import SERVER_METHODS, DevicePluginService
 from smarter_device_manager.discovery import (
     KIND_DIRECTORY,
     KIND_POOL,
@@ -43,6 +40,7 @@ from smarter_device_manager.discovery import (
     node_problem,
 )
 from smarter_device_manager.grpcserver import UnixServer
+from smarter_device_manager.grpcwire import Call, RpcError, Server, Status
 from smarter_device_manager.handover import handover, member_ids
 
 if TYPE_CHECKING:
@@ -142,11 +140,11 @@ class DevicePlugin(DevicePluginService):
         )
 
     # --- RPCs --------------------------------------------------------------------------
-    async def GetDevicePluginOptions(self, stream: Stream[pb.Empty, pb.DevicePluginOptions]) -> None:
+    async def GetDevicePluginOptions(self, stream: Call) -> None:
         await stream.recv_message()
         await stream.send_message(OPTIONS)
 
-    async def ListAndWatch(self, stream: Stream[pb.Empty, pb.ListAndWatchResponse]) -> None:
+    async def ListAndWatch(self, stream: Call) -> None:
         await stream.recv_message()
         self.streams += 1
         try:
@@ -170,11 +168,9 @@ class DevicePlugin(DevicePluginService):
         self._idle = None
 
     async def GetPreferredAllocation(
-        self, stream: Stream[pb.PreferredAllocationRequest, pb.PreferredAllocationResponse]
+        self, stream: Call
     ) -> None:
         request = await stream.recv_message()
-        if request is None:
-            raise GRPCError(Status.INVALID_ARGUMENT, "no request message")
         responses = [
             pb.ContainerPreferredAllocationResponse(deviceIDs=self.prefer(
                 list(container.available_deviceIDs), list(container.must_include_deviceIDs),
@@ -211,10 +207,8 @@ class DevicePlugin(DevicePluginService):
             chosen.append(best)
         return chosen
 
-    async def Allocate(self, stream: Stream[pb.AllocateRequest, pb.AllocateResponse]) -> None:
+    async def Allocate(self, stream: Call) -> None:
         request = await stream.recv_message()
-        if request is None:
-            raise GRPCError(Status.INVALID_ARGUMENT, "no request message")
         known = set(self.device_ids())
         responses = []
         last = self.device_ids()[-1] if known else "-"
@@ -223,13 +217,13 @@ class DevicePlugin(DevicePluginService):
             try:
                 unknown = [i for i in ids if i not in known]
                 if unknown:
-                    raise GRPCError(
+                    raise RpcError(
                         Status.INVALID_ARGUMENT,
                         f"{self.resource_name}: unknown device IDs {unknown}; "
                         f"this plugin has IDs {self.device_ids()[0] if known else '-'} to {last}",
                     )
                 answer = self.answer(ids)
-            except GRPCError as exc:
+            except RpcError as exc:
                 self._report(ids, [], str(exc.message))
                 raise
             responses.append(answer)
@@ -241,7 +235,7 @@ class DevicePlugin(DevicePluginService):
             self._on_allocate(self.resource_name, ids, paths, error)
 
     async def PreStartContainer(
-        self, stream: Stream[pb.PreStartContainerRequest, pb.PreStartContainerResponse]
+        self, stream: Call
     ) -> None:
         await stream.recv_message()
         await stream.send_message(pb.PreStartContainerResponse())
@@ -251,7 +245,7 @@ class DevicePlugin(DevicePluginService):
         mounts, every node checked again to still be a device inside the dev root."""
         resource = self.resource
         if not self.healthy:
-            raise GRPCError(Status.FAILED_PRECONDITION,
+            raise RpcError(Status.FAILED_PRECONDITION,
                             f"{self.resource_name}: {resource.where} is gone from the node")
         nodes: tuple[DeviceNode, ...] | None = None
         members: list[Member] | None = None
@@ -265,14 +259,14 @@ class DevicePlugin(DevicePluginService):
                 log.warning("%s: Allocate: %s", self.resource_name, problem)
             if not nodes:
                 why = "; ".join(problems) or f"/dev/{resource.path} holds no device nodes"
-                raise GRPCError(Status.FAILED_PRECONDITION, f"{self.resource_name}: {why}")
+                raise RpcError(Status.FAILED_PRECONDITION, f"{self.resource_name}: {why}")
         given = handover(self.resource_name, resource, nodes, members)
         specs = [self._spec(node, target) for node, target in given.nodes]
         mounts = []
         for mount in given.mounts:
             refused = host_problem(mount.host_path)  # swapped for a socket since the scan?
             if refused:
-                raise GRPCError(Status.FAILED_PRECONDITION, f"{self.resource_name}: {refused}")
+                raise RpcError(Status.FAILED_PRECONDITION, f"{self.resource_name}: {refused}")
             mounts.append(pb.Mount(container_path=mount.container_path, host_path=mount.host_path,
                                    read_only=True))
         answer = pb.ContainerAllocateResponse(devices=specs, envs=dict(given.env), mounts=mounts)
@@ -299,7 +293,7 @@ class DevicePlugin(DevicePluginService):
         for device_id in ids:
             member = owner.get(device_id)
             if member is None:
-                raise GRPCError(Status.FAILED_PRECONDITION,
+                raise RpcError(Status.FAILED_PRECONDITION,
                                 f"{self.resource_name}: device {device_id} is unplugged")
             if member not in members:
                 members.append(member)
@@ -317,7 +311,7 @@ class DevicePlugin(DevicePluginService):
         """
         refused = node_problem(self._paths.dev_dir, node.source)
         if refused is not None:
-            raise GRPCError(Status.FAILED_PRECONDITION, f"{self.resource_name}: {refused}")
+            raise RpcError(Status.FAILED_PRECONDITION, f"{self.resource_name}: {refused}")
         return pb.DeviceSpec(
             container_path=container_path,
             host_path=f"{self._paths.host_dev_dir.rstrip('/')}/{node.source}",
@@ -333,6 +327,9 @@ class PluginServer(UnixServer):
     def __init__(self, plugin: DevicePlugin, socket_path: str) -> None:
         super().__init__(plugin, socket_path)
         self.plugin = plugin
+
+    def _new_server(self) -> Server:
+        return Server(self.plugin, SERVER_METHODS)
 
     async def start(self) -> None:
         self.plugin.resume()

@@ -20,14 +20,10 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from grpclib import GRPCError
-from grpclib.client import Channel
-from grpclib.exceptions import ProtocolError, StreamTerminatedError
-from h2.exceptions import H2Error
-
 from smarter_device_manager.api import messages as pb
-from smarter_device_manager.api.services import register_method
+from smarter_device_manager.api.services import register
 from smarter_device_manager.deviceplugin.plugin import OPTIONS
+from smarter_device_manager.grpcwire import Channel, RpcError, WireError
 from smarter_device_manager.watch import KUBELET_SOCKET
 
 log = logging.getLogger(__name__)
@@ -36,10 +32,9 @@ API_VERSION = "v1beta1"
 REGISTER_TIMEOUT = 10.0
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
-# What talking to a kubelet can fail with; OSError covers connection errors, a missing
-# socket and (on 3.11+) TimeoutError.
-RETRYABLE = (GRPCError, OSError, asyncio.TimeoutError, StreamTerminatedError, ProtocolError,
-             H2Error)
+# What talking to a kubelet can fail with: a gRPC status, the connection or HTTP/2 (WireError);
+# OSError covers connection errors, a missing socket and (on 3.11+) TimeoutError.
+RETRYABLE = (RpcError, WireError, OSError, asyncio.TimeoutError)
 
 
 @dataclass(slots=True)
@@ -128,7 +123,7 @@ class Registrar:
             except asyncio.CancelledError:
                 raise
             except RETRYABLE as exc:  # the kubelet's doing: log, back off, retry this one only
-                if not isinstance(exc, GRPCError):  # the connection itself is suspect
+                if not isinstance(exc, RpcError):  # the connection itself is suspect
                     self._drop_channel()
                 registration.last_error = _describe(exc)
                 log.warning("registering %s with the kubelet failed (attempt %d): %s; retry in %.1fs",
@@ -159,14 +154,14 @@ class Registrar:
 
     async def _register(self, registration: Registration) -> None:
         if self._channel is None:
-            self._channel = Channel(path=self.kubelet_socket)
+            self._channel = Channel(self.kubelet_socket)
         request = pb.RegisterRequest(
             version=API_VERSION,
             endpoint=registration.endpoint,
             resource_name=registration.resource_name,
             options=OPTIONS,
         )
-        await asyncio.wait_for(register_method(self._channel)(request), REGISTER_TIMEOUT)
+        await asyncio.wait_for(register(self._channel, request), REGISTER_TIMEOUT)
 
 
 def _jitter() -> float:

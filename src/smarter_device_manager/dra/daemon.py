@@ -44,7 +44,7 @@ from smarter_device_manager.dra.registration import Registration
 from smarter_device_manager.dra.slices import fit
 from smarter_device_manager.dra.supervise import FAMILY, Supervisor
 from smarter_device_manager.dra.unplugged import Unplugged
-from smarter_device_manager.grpcserver import UnixServer
+from smarter_device_manager.grpclibserver import GrpclibServer
 from smarter_device_manager.http import HttpServer
 from smarter_device_manager.metrics import Metrics, Sample
 from smarter_device_manager.rules import Config, ConfigError
@@ -137,8 +137,8 @@ class DraDaemon:
         self.registered = False
         self.registration_error = ""
         self.cdi_error: str | None = None
-        self._dra_server = UnixServer([self.node, self.health], s.endpoint)
-        self._reg_server = UnixServer(Registration(s.driver, s.endpoint, self._registration),
+        self._dra_server = GrpclibServer([self.node, self.health], s.endpoint)
+        self._reg_server = GrpclibServer(Registration(s.driver, s.endpoint, self._registration),
                                         s.registration_socket)
         self._problems: frozenset[str] = frozenset()
         self._stop = asyncio.Event()

@@ -1,6 +1,6 @@
 """Registration with the kubelet's plugin watcher.
 
-Served, like the DRA service, on a ``grpcserver.UnixServer``.
+Served, like the DRA service, on a ``grpclibserver.GrpclibServer``.
 
 The kubelet finds DRA drivers by the sockets in its ``plugins_registry`` directory: it calls
 ``GetInfo`` on ours (type ``DRAPlugin``, our driver name, the endpoint of our DRA service, and
