@@ -41,7 +41,7 @@ from smarter_device_manager.discovery import (
 )
 from smarter_device_manager.grpcserver import UnixServer
 from smarter_device_manager.grpcwire import Call, RpcError, Server, Status
-from smarter_device_manager.handover import handover, member_ids
+from smarter_device_manager.handover import Handover, handover, member_ids
 
 if TYPE_CHECKING:
     from smarter_device_manager.deviceplugin.cdisync import CdiKeeper
@@ -72,7 +72,7 @@ class Paths:
 class DevicePlugin(DevicePluginService):
     """Serves one resource: ``<prefix>/<resource.name>``."""
 
-    __slots__ = ("_changed", "_idle", "_on_allocate", "_paths", "_stopped", "gone",
+    __slots__ = ("_changed", "_fixed", "_idle", "_ids", "_on_allocate", "_paths", "_stopped", "gone",
                  "healthy", "messages_sent", "resource", "resource_name", "streams")
 
     def __init__(
@@ -91,6 +91,9 @@ class DevicePlugin(DevicePluginService):
         self._changed = SmallEvent()  # replaced on every change; streams wait on it
         self._stopped = False
         self._idle: asyncio.Future[None] | None = None  # only while stopping
+        # Worked out from the resource once, on the first Allocate after it changed (see answer):
+        self._ids: tuple[tuple[str, ...], frozenset[str]] | None = None  # IDs, in order and as a set
+        self._fixed: tuple[list[pb.DeviceSpec], dict[str, str], list[pb.Mount], Handover] | None = None
         self.streams = 0
         self.messages_sent = 0
 
@@ -104,6 +107,7 @@ class DevicePlugin(DevicePluginService):
         else:
             announce = resource.count != self.resource.count or healthy != self.healthy
             self.resource, self.healthy = resource, healthy
+        self._ids = self._fixed = None
         if announce:
             self._wake()
         return announce
@@ -209,18 +213,21 @@ class DevicePlugin(DevicePluginService):
 
     async def Allocate(self, stream: Call) -> None:
         request = await stream.recv_message()
-        known = set(self.device_ids())
+        if self._ids is None:
+            ordered = tuple(self.device_ids())
+            self._ids = ordered, frozenset(ordered)
+        ordered, known = self._ids
         responses = []
-        last = self.device_ids()[-1] if known else "-"
         for container in request.container_requests:
             ids = list(container.devices_ids)
             try:
                 unknown = [i for i in ids if i not in known]
                 if unknown:
+                    span = f"{ordered[0]} to {ordered[-1]}" if ordered else "- to -"
                     raise RpcError(
                         Status.INVALID_ARGUMENT,
                         f"{self.resource_name}: unknown device IDs {unknown}; "
-                        f"this plugin has IDs {self.device_ids()[0] if known else '-'} to {last}",
+                        f"this plugin has IDs {span}",
                     )
                 answer = self.answer(ids)
             except RpcError as exc:
@@ -242,34 +249,48 @@ class DevicePlugin(DevicePluginService):
 
     def answer(self, ids: list[str]) -> pb.ContainerAllocateResponse:
         """What one container gets for ``ids`` (see handover.py): nodes, env and
-        mounts, every node checked again to still be a device inside the dev root."""
+        mounts, every node checked again to still be a device inside the dev root.
+
+        The checks run on every call; what they check does not change between rescans for a
+        resource of fixed nodes (not a pool, whose answer depends on the IDs, nor a directory,
+        listed again each time), so its DeviceSpecs, env and mounts are worked out on the first
+        Allocate after the resource changed and reused until it changes again (``update``)."""
         resource = self.resource
         if not self.healthy:
             raise RpcError(Status.FAILED_PRECONDITION,
                             f"{self.resource_name}: {resource.where} is gone from the node")
         nodes: tuple[DeviceNode, ...] | None = None
         members: list[Member] | None = None
-        if resource.kind == KIND_POOL:
-            members = self._members(ids)
-        elif resource.kind == KIND_DIRECTORY:
-            # What is in the directory now, not at the last scan: a sound card
-            # may have gained or lost nodes since.
-            nodes, problems = directory_nodes(self._paths.dev_dir, resource.path)
-            for problem in problems:
-                log.warning("%s: Allocate: %s", self.resource_name, problem)
-            if not nodes:
-                why = "; ".join(problems) or f"/dev/{resource.path} holds no device nodes"
-                raise RpcError(Status.FAILED_PRECONDITION, f"{self.resource_name}: {why}")
-        given = handover(self.resource_name, resource, nodes, members)
-        specs = [self._spec(node, target) for node, target in given.nodes]
-        mounts = []
-        for mount in given.mounts:
-            refused = host_problem(mount.host_path)  # swapped for a socket since the scan?
-            if refused:
-                raise RpcError(Status.FAILED_PRECONDITION, f"{self.resource_name}: {refused}")
-            mounts.append(pb.Mount(container_path=mount.container_path, host_path=mount.host_path,
-                                   read_only=True))
-        answer = pb.ContainerAllocateResponse(devices=specs, envs=dict(given.env), mounts=mounts)
+        fixed = self._fixed
+        if fixed is not None:
+            specs, env, mounts, given = fixed
+            for node, _ in given.nodes:
+                self._check(node)
+            for mount in given.mounts:
+                self._check_mount(mount.host_path)
+        else:
+            if resource.kind == KIND_POOL:
+                members = self._members(ids)
+            elif resource.kind == KIND_DIRECTORY:
+                # What is in the directory now, not at the last scan: a sound card
+                # may have gained or lost nodes since.
+                nodes, problems = directory_nodes(self._paths.dev_dir, resource.path)
+                for problem in problems:
+                    log.warning("%s: Allocate: %s", self.resource_name, problem)
+                if not nodes:
+                    why = "; ".join(problems) or f"/dev/{resource.path} holds no device nodes"
+                    raise RpcError(Status.FAILED_PRECONDITION, f"{self.resource_name}: {why}")
+            given = handover(self.resource_name, resource, nodes, members)
+            specs = [self._spec(node, target) for node, target in given.nodes]
+            mounts = []
+            for mount in given.mounts:
+                self._check_mount(mount.host_path)
+                mounts.append(pb.Mount(container_path=mount.container_path,
+                                       host_path=mount.host_path, read_only=True))
+            env = dict(given.env)
+            if resource.kind not in (KIND_POOL, KIND_DIRECTORY):
+                self._fixed = specs, env, mounts, given
+        answer = pb.ContainerAllocateResponse(devices=specs, envs=env, mounts=mounts)
         cdi = self._paths.cdi
         if cdi is not None and cdi.error is None:
             from smarter_device_manager.cdi import CdiError
@@ -309,14 +330,23 @@ class DevicePlugin(DevicePluginService):
         the host path later, when it creates the container; a swap after this check
         is beyond what a device plugin can see.)
         """
-        refused = node_problem(self._paths.dev_dir, node.source)
-        if refused is not None:
-            raise RpcError(Status.FAILED_PRECONDITION, f"{self.resource_name}: {refused}")
+        self._check(node)
         return pb.DeviceSpec(
             container_path=container_path,
             host_path=f"{self._paths.host_dev_dir.rstrip('/')}/{node.source}",
             permissions="rw",
         )
+
+
+    def _check(self, node: DeviceNode) -> None:
+        refused = node_problem(self._paths.dev_dir, node.source)
+        if refused is not None:
+            raise RpcError(Status.FAILED_PRECONDITION, f"{self.resource_name}: {refused}")
+
+    def _check_mount(self, host_path: str) -> None:
+        refused = host_problem(host_path)  # swapped for a socket since the scan?
+        if refused:
+            raise RpcError(Status.FAILED_PRECONDITION, f"{self.resource_name}: {refused}")
 
 
 class PluginServer(UnixServer):
