@@ -244,6 +244,42 @@ def test_our_channel_calls_a_grpcio_server(tmp_path: Path) -> None:
     run(scenario())
 
 
+def test_our_channel_keeps_within_the_servers_concurrent_streams(tmp_path: Path) -> None:
+    """A thousand resources register at once over one connection: a server allowing 10 calls
+    at a time gets at most 10, and every call succeeds (none refused)."""
+    running, most = 0, 0
+
+    async def slow(request: bytes, context: Any) -> bytes:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.01)
+        running -= 1
+        return request
+
+    class Slow(grpc.GenericRpcHandler):  # type: ignore[misc]
+        def service(self, details: Any) -> Any:
+            return grpc.unary_unary_rpc_method_handler(slow)
+
+    async def scenario() -> None:
+        path = str(tmp_path / "kubelet.sock")
+        server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 10)])
+        server.add_generic_rpc_handlers((Slow(),))
+        server.add_insecure_port(f"unix://{path}")
+        await server.start()
+        channel = Channel(path)
+        try:
+            await channel.unary("/x/Warm", Raw(b"0"), Raw)  # the server's SETTINGS have arrived
+            replies = await asyncio.gather(*(channel.unary("/x/Slow", Raw(str(i).encode()), Raw)
+                                             for i in range(100)))
+            assert [r.data for r in replies] == [str(i).encode() for i in range(100)]
+            assert most <= 10
+        finally:
+            channel.close()
+            await server.stop(None)
+    run(scenario())
+
+
 def test_our_channel_without_a_server_raises_an_os_error(tmp_path: Path) -> None:
     async def scenario() -> None:
         channel = Channel(str(tmp_path / "none.sock"))

@@ -60,6 +60,7 @@ MAX_WINDOW = 2**31 - 1
 MAX_STREAMS = 128  # concurrent calls per connection we accept: the kubelet makes a handful
 MAX_MESSAGE = 4 * 1024 * 1024  # gRPC's default receive limit
 WINDOW_ACK = DEFAULT_WINDOW // 2  # acknowledge received DATA once this much is consumed
+REFUSED_RETRIES = 20  # a call refused unprocessed is sent again up to this many times
 
 _HEAD = struct.Struct(">HBBBI")  # length (24 bits as 16 + 8), type, flags, stream id
 _SETTING = struct.Struct(">HI")
@@ -184,8 +185,8 @@ def grpc_message(payload: bytes) -> bytes:
 class _Stream:
     """One call on a connection: what arrived, what may still be sent."""
 
-    __slots__ = ("data", "ended", "headers", "id", "recv_unacked", "reset", "send_window",
-                 "sent_headers", "task", "waiter")
+    __slots__ = ("data", "ended", "headers", "id", "recv_unacked", "refused", "reset",
+                 "send_window", "sent_headers", "task", "waiter")
 
     def __init__(self, stream_id: int, send_window: int) -> None:
         self.id = stream_id
@@ -193,6 +194,7 @@ class _Stream:
         self.data = bytearray()
         self.ended = False  # the peer sent END_STREAM
         self.reset = False  # RST_STREAM either way, or the connection is gone
+        self.refused = False  # the peer reset it with REFUSED_STREAM: it was not processed
         self.send_window = send_window
         self.recv_unacked = 0
         self.sent_headers = False
@@ -217,6 +219,7 @@ class Connection(asyncio.Protocol):
         self.send_window = DEFAULT_WINDOW  # the peer's connection window for our DATA
         self.initial_window = DEFAULT_WINDOW  # the peer's window for each new stream
         self.max_frame = DEFAULT_FRAME
+        self.max_streams = MAX_WINDOW  # calls the peer lets us open at once (unlimited until told)
         self.recv_unacked = 0
         self.continuing: tuple[int, int, bytearray] | None = None  # stream, flags, header block
         self.closed = False
@@ -314,6 +317,7 @@ class Connection(asyncio.Protocol):
         elif kind == RST_STREAM:
             stream = self.streams.pop(stream_id, None)
             if stream is not None:
+                stream.refused = payload == _U32.pack(REFUSED_STREAM)
                 self._drop_stream(stream)
         elif kind == GOAWAY:
             self.going_away = True
@@ -367,6 +371,8 @@ class Connection(asyncio.Protocol):
                 if not DEFAULT_FRAME <= value <= 2**24 - 1:
                     raise _ConnectionError(PROTOCOL_ERROR, "bad max frame size")
                 self.max_frame = value
+            elif key == S_MAX_CONCURRENT_STREAMS:
+                self.max_streams = value
         self.write(frame(SETTINGS, ACK, 0))
         self._wake_writers()
 
@@ -723,6 +729,7 @@ class ClientConnection(Connection):
         self.streams.pop(stream.id, None)
         if stream.waiter is not None and not stream.waiter.done():
             stream.waiter.set_result(None)
+        self._wake_writers()  # a call waiting for a free stream may go
 
     def _drop_stream(self, stream: _Stream) -> None:
         super()._drop_stream(stream)
@@ -730,22 +737,36 @@ class ClientConnection(Connection):
             stream.waiter.set_exception(WireError("the call was reset or its connection closed"))
 
     async def unary(self, path: str, request: bytes) -> bytes:
-        """Call ``path`` with the serialized ``request``; the serialized answer."""
-        if self.closed or self.going_away:
-            raise WireError("the connection is closed")
-        stream = _Stream(self.next_stream, self.initial_window)
-        self.next_stream += 2
-        stream.waiter = asyncio.get_running_loop().create_future()
-        self.streams[stream.id] = stream
-        headers = (b"\x83\x86"  # :method POST, :scheme http (static entries 3 and 6)
-                   + _literal(4, path.encode()) + _literal(1, b"localhost")
-                   + _CONTENT_TYPE + _literal(b"te", b"trailers"))
-        self.write(frame(HEADERS, END_HEADERS, stream.id, headers))
-        try:
-            await self.send_data(stream, grpc_message(request), end=True)
-            await stream.waiter
-        finally:
-            self.streams.pop(stream.id, None)
+        """Call ``path`` with the serialized ``request``; the serialized answer.
+
+        Beyond the calls the peer lets us open at once (a thousand resources register at
+        start over one connection; h2 servers allow 100), a call waits for one to end. A call
+        the peer refused unprocessed (RST_STREAM REFUSED_STREAM: gRPC's C core counts a stream
+        against its limit a little after it ended) is sent again, as gRPC clients do."""
+        for attempt in range(REFUSED_RETRIES + 1):
+            while len(self.streams) >= self.max_streams and not (self.closed or self.going_away):
+                await self._window()
+            if self.closed or self.going_away:
+                raise WireError("the connection is closed")
+            stream = _Stream(self.next_stream, self.initial_window)
+            self.next_stream += 2
+            stream.waiter = asyncio.get_running_loop().create_future()
+            self.streams[stream.id] = stream
+            headers = (b"\x83\x86"  # :method POST, :scheme http (static entries 3 and 6)
+                       + _literal(4, path.encode()) + _literal(1, b"localhost")
+                       + _CONTENT_TYPE + _literal(b"te", b"trailers"))
+            self.write(frame(HEADERS, END_HEADERS, stream.id, headers))
+            try:
+                await self.send_data(stream, grpc_message(request), end=True)
+                await stream.waiter
+                break
+            except WireError:
+                if not stream.refused or attempt == REFUSED_RETRIES:
+                    raise
+            finally:
+                if self.streams.pop(stream.id, None) is not None:
+                    self._wake_writers()
+            await asyncio.sleep(0.001 * attempt)  # one more stream should end in the meantime
         found = dict(stream.headers)
         if found.get(":status", "200") != "200":
             raise WireError(f"HTTP status {found[':status']}")
