@@ -73,7 +73,7 @@ FROM scratch
 
 COPY --from=builder /rootfs /
 
-ARG VERSION=2.1.0
+ARG VERSION=2.2.0
 ARG REVISION=unknown
 # What the image was built from (scripts/source-hash.py): the built-image tests run only on a match.
 ARG SOURCE_HASH=unknown

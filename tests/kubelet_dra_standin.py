@@ -53,6 +53,9 @@ from pluginregistration_grpc import RegistrationStub
 HEALTH_V1ALPHA1 = "v1alpha1.DRAResourceHealth"
 HEALTH_V1 = "v1.DRAResourceHealth"
 DEFAULT_HEALTH_TIMEOUT = 30.0
+# Prepare and unprepare calls end with DEADLINE_EXCEEDED after this long (the kubelet bounds
+# its calls to a plugin too): a call that gets no answer fails the test instead of hanging it.
+CALL_TIMEOUT = 30.0
 HEALTH_NAMES = {0: "Unknown", 1: "Healthy", 2: "Unhealthy"}
 
 
@@ -89,6 +92,7 @@ class KubeletDraStandin:
         self.plugins: dict[str, list[tuple[str, str]]] = {}  # driver -> [(registration socket, endpoint)]
         self.refused: list[str] = []
         self._seen: dict[str, tuple[int, int]] = {}  # socket path -> (inode, ctime) registered
+        self.registrations = 0  # registrations completed (a test waits for the next one)
         self._task: asyncio.Task[None] | None = None
         self._channels: list[Channel] = []
         self._stubs: dict[str, DRAPluginStub] = {}
@@ -192,6 +196,7 @@ class KubeletDraStandin:
                 self.refused.append(error)
             else:
                 self.plugins.setdefault(info.name, []).append((path, info.endpoint))
+                self.registrations += 1
                 self._start_health(info.name, info.endpoint, list(info.supported_versions))
         finally:
             channel.close()
@@ -275,7 +280,8 @@ class KubeletDraStandin:
                       endpoint: str | None = None) -> dpb.NodePrepareResourcesResponse:
         """Claims as (namespace, name, uid)."""
         return await self._stub(driver, endpoint).NodePrepareResources(dpb.NodePrepareResourcesRequest(
-            claims=[dpb.Claim(namespace=ns, name=name, uid=uid) for ns, name, uid in claims]))
+            claims=[dpb.Claim(namespace=ns, name=name, uid=uid) for ns, name, uid in claims]),
+            timeout=CALL_TIMEOUT)
 
     @staticmethod
     def container_cdi_ids(claim: dpb.NodePrepareResourceResponse, request: str = "") -> list[str]:
@@ -291,7 +297,8 @@ class KubeletDraStandin:
     async def unprepare(self, driver: str, *claims: tuple[str, str, str],
                         endpoint: str | None = None) -> dpb.NodeUnprepareResourcesResponse:
         return await self._stub(driver, endpoint).NodeUnprepareResources(dpb.NodeUnprepareResourcesRequest(
-            claims=[dpb.Claim(namespace=ns, name=name, uid=uid) for ns, name, uid in claims]))
+            claims=[dpb.Claim(namespace=ns, name=name, uid=uid) for ns, name, uid in claims]),
+            timeout=CALL_TIMEOUT)
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> float:

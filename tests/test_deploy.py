@@ -33,7 +33,7 @@ RELEASE = "sdm"
 NAMESPACE = "device-plugins"
 MANIFEST_NAMESPACE = "smarter-device-management"
 IMAGE_REPOSITORY = "ghcr.io/smarter-project/smarter-device-manager"
-APP_VERSION = "2.1.0"
+APP_VERSION = "2.2.0"
 
 CONTAINER_PLUGIN_DIR = "/var/lib/kubelet/device-plugins"
 K3S_PLUGIN_DIR = "/var/lib/rancher/k3s/agent/kubelet/device-plugins"
@@ -226,7 +226,7 @@ def test_chart_metadata(chart: helm.Chart) -> None:
     meta = chart.metadata
     assert meta["apiVersion"] == "v2"
     assert meta["name"] == "smarter-device-manager"
-    assert meta["version"] == "2.1.0"
+    assert meta["version"] == "2.2.0"
     assert meta["appVersion"] == APP_VERSION
     assert chart.schema is not None
 

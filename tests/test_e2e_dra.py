@@ -293,13 +293,14 @@ def test_daemon_restart_keeps_prepared_claims_even_without_the_api_server(node: 
                 {"request": "r", "driver": DRIVER, "pool": NODE, "device": "ttyusb0"}])
             first = await dra.kubelet.prepare(DRIVER, ("default", "tty", "uid-tty"))
             writes = len(api.writes)
+            registrations = dra.kubelet.registrations
             dra.restart_daemon()
             await wait_for(lambda: "serving" in dra.proc.log, 10)
             api.fail_next = [503] * 1000  # the API server is down from now on
             dra.kubelet._seen.clear()  # the new registration socket is found again
-            # the new daemon's socket registered (the log file also holds the old daemon's lines)
-            await wait_for(lambda: bool(dra.kubelet._seen) and DRIVER in dra.kubelet.registered, 30,
-                           "registered again")
+            # the new daemon's socket registered: a registration completed since (the old one
+            # is still listed until then, and a call now would go to the old daemon's socket)
+            await wait_for(lambda: dra.kubelet.registrations > registrations, 30, "registered again")
             again = await dra.kubelet.prepare(DRIVER, ("default", "tty", "uid-tty"))
             assert again.claims["uid-tty"] == first.claims["uid-tty"]
             assert "from the checkpoint" in dra.proc.log
@@ -513,11 +514,12 @@ def test_a_firstavailable_subrequest_reaches_the_container_naming_its_request(no
             assert [list(d.request_names) for d in claim.devices] == [["camera"], ["tty"]]
             assert dra.kubelet.container_cdi_ids(claim, "camera") == [f"{DRIVER}/device=video0"]
             assert dra.kubelet.container_cdi_ids(claim, "tty") == [f"{DRIVER}/device=ttyusb0"]
+            registrations = dra.kubelet.registrations
             dra.restart_daemon()  # answered from the checkpoint: the same names
             dra.kubelet._seen.clear()
-            # the new daemon's socket registered (the log file also holds the old daemon's lines)
-            await wait_for(lambda: bool(dra.kubelet._seen) and DRIVER in dra.kubelet.registered, 30,
-                           "registered again")
+            # the new daemon's socket registered: a registration completed since (the old one
+            # is still listed until then, and a call now would go to the old daemon's socket)
+            await wait_for(lambda: dra.kubelet.registrations > registrations, 30, "registered again")
             again = await dra.kubelet.prepare(DRIVER, ("default", "cam", "uid-cam"))
             assert dra.kubelet.container_cdi_ids(again.claims["uid-cam"], "camera") == [
                 f"{DRIVER}/device=video0"]

@@ -119,7 +119,7 @@ def test_probes_follow_the_kubelet_and_the_config(node: Node) -> None:
         assert metric(text, "kubelet_restarts_total") == 1
         assert metric(text, "hotplug_events_total") >= 2
         assert metric(text, "config_valid") == 1
-        assert metric(text, "build_info", '{version="2.1.0"}') == 1
+        assert metric(text, "build_info", '{version="2.2.0"}') == 1
         assert metric(text, "listandwatch_messages_total") >= 3
         assert "# TYPE smarter_device_manager_allocations_total counter" in text
 

@@ -38,7 +38,7 @@ async def start(node: Node, config: str, *extra: str) -> KubeletStandin:
     kubelet = KubeletStandin(str(node.plugins))
     await kubelet.start()
     node.start(*extra)
-    node.procs[-1].wait_log("smarter-device-manager 2.1.0")
+    node.procs[-1].wait_log("smarter-device-manager 2.2.0")
     return kubelet
 
 

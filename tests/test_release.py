@@ -297,7 +297,7 @@ def test_versions_agree() -> None:
     from smarter_device_manager import __version__
 
     version = project_version()
-    assert version == "2.1.0"
+    assert version == "2.2.0"
     chart = yaml.safe_load((ROOT / "charts" / CHART_NAME / "Chart.yaml").read_text())
     dockerfile = re.search(r"^ARG VERSION=(\S+)$", (ROOT / "Dockerfile").read_text(), re.M)
     cli = subprocess.run([sys.executable, "-m", "smarter_device_manager", "--version"],
@@ -353,19 +353,22 @@ def test_chart_job_steps_run_with_the_workflows_arguments(tmp_path: Path) -> Non
     work = tmp_path / "checkout"
     subprocess.run(["git", "clone", "-q", str(origin), str(work)], check=True)
     (work / "scripts").symlink_to(ROOT / "scripts")
-    env = {"GITHUB_REF_NAME": "v2.1.0", "IMAGE": "ghcr.io/acme/smarter-device-manager",
+    env = {"GITHUB_REF_NAME": "v2.2.0", "IMAGE": "ghcr.io/acme/smarter-device-manager",
            "GIT_AUTHOR_NAME": "t", "GIT_COMMITTER_NAME": "t",
            "GIT_AUTHOR_EMAIL": "t@localhost", "GIT_COMMITTER_EMAIL": "t@localhost"}
     run_step("chart", "Package the chart", work, env)
-    assert (work / "dist" / f"{CHART_NAME}-2.1.0.tgz").is_file()
-    assert "helm repo add" in (work / "dist" / "NOTES.md").read_text()
+    assert (work / "dist" / f"{CHART_NAME}-2.2.0.tgz").is_file()
+    # the notes are the version's CHANGELOG section
+    section = (ROOT / "CHANGELOG.md").read_text().split("## [2.2.0]", 1)[1].split("\n## [", 1)[0]
+    first_entry = next(line for line in section.splitlines() if line.startswith("- "))
+    assert first_entry in (work / "dist" / "NOTES.md").read_text()
     run_step("chart", "Helm repository index on gh-pages", work, env)
     shown = subprocess.run(["git", "-C", str(origin), "show", "gh-pages:index.yaml"],
                            capture_output=True, text=True, check=True).stdout
     urls = {e["version"]: e["urls"][0] for e in yaml.safe_load(shown)["entries"][CHART_NAME]}
     base = "https://github.com/acme/smarter-device-manager/releases/download"
     assert urls == {"2.0.0": f"{base}/v2.0.0/{CHART_NAME}-2.0.0.tgz",
-                    "2.1.0": f"{base}/v2.1.0/{CHART_NAME}-2.1.0.tgz"}
+                    "2.2.0": f"{base}/v2.2.0/{CHART_NAME}-2.2.0.tgz"}
 
 
 def test_test_job_check_tag_step_runs() -> None:

@@ -6,4 +6,4 @@ config (rules) -> discovery (desired resources) -> reconcile (running plugins)
 reconcile loop with "something changed" events; nothing polls.
 """
 
-__version__ = "2.1.0"
+__version__ = "2.2.0"
