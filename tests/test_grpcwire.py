@@ -157,13 +157,19 @@ def test_grpcio_client_receives_large_streamed_messages_within_its_windows(tmp_p
     run(scenario())
 
 
+async def hanging(channel: grpc.aio.Channel, service: Service) -> Any:
+    """A server-streaming call whose handler waits for ever, once that handler runs."""
+    call = channel.unary_stream("/test.Service/Hang", request_serializer=raw,
+                                response_deserializer=raw)(b"")
+    await asyncio.wait_for(service.started.wait(), 10)
+    return call
+
+
 def test_a_client_cancelling_a_call_cancels_its_handler(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with serving(tmp_path) as (server, service, path), \
                 grpc.aio.insecure_channel(f"unix://{path}") as channel:
-            call = channel.unary_stream("/test.Service/Hang", request_serializer=raw,
-                                        response_deserializer=raw)(b"")
-            await asyncio.wait_for(service.started.wait(), 10)
+            call = await hanging(channel, service)
             call.cancel()
             await asyncio.wait_for(service.cancelled.wait(), 10)
             assert await unary(channel, "Echo")(b"12") == b"21"
@@ -176,9 +182,7 @@ def test_closing_the_server_ends_its_calls_and_connections(tmp_path: Path) -> No
     async def scenario() -> None:
         async with serving(tmp_path) as (server, service, path), \
                 grpc.aio.insecure_channel(f"unix://{path}") as channel:
-            call = channel.unary_stream("/test.Service/Hang", request_serializer=raw,
-                                        response_deserializer=raw)(b"")
-            await asyncio.wait_for(service.started.wait(), 10)
+            call = await hanging(channel, service)
             server.close()
             await asyncio.wait_for(service.cancelled.wait(), 10)
             with pytest.raises(grpc.aio.AioRpcError) as info:
