@@ -425,6 +425,28 @@ def test_header_block_over_continuation_frames_and_bad_messages(tmp_path: Path) 
     run(scenario())
 
 
+def test_headers_for_a_call_already_ended_are_ignored(tmp_path: Path) -> None:
+    """Trailers a client sends after we ended its call (here: refused, unknown method) are not a
+    connection error; the next call on the connection is answered."""
+    async def scenario() -> None:
+        async with serving(tmp_path) as (_, _service, path):
+            peer = await RawPeer.open(path)
+            peer.send(grpcwire.HEADERS, grpcwire.END_HEADERS, 1, peer.headers("Nope"))
+            peer.send(grpcwire.DATA, grpcwire.END_STREAM, 1, grpcwire.grpc_message(b""))
+            ended = await peer.until(grpcwire.HEADERS, grpcwire.END_STREAM)
+            assert ("grpc-status", "12") in decoded(peer_decoder, ended[3])
+            peer.send(grpcwire.HEADERS, grpcwire.END_HEADERS | grpcwire.END_STREAM, 1,
+                      bytes(peer.encoder.encode([("x-trailer", "late")])))
+            peer.send(grpcwire.HEADERS, grpcwire.END_HEADERS, 3, peer.headers("Echo"))
+            peer.send(grpcwire.DATA, grpcwire.END_STREAM, 3, grpcwire.grpc_message(b"ok"))
+            _, _, stream_id, payload = await peer.until(grpcwire.DATA)
+            assert (stream_id, payload) == (3, grpcwire.grpc_message(b"ko"))
+
+    from hpack import Decoder
+    peer_decoder = Decoder()
+    run(scenario())
+
+
 def test_a_tiny_window_gets_the_answer_in_pieces_as_it_opens(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with serving(tmp_path) as (_, _service, path):

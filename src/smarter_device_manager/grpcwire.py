@@ -578,8 +578,10 @@ class ServerConnection(Connection):
                 stream.ended = True
                 self.on_end(stream)
             return
-        if stream_id % 2 == 0 or stream_id <= self.last_stream:
+        if stream_id % 2 == 0:
             raise _ConnectionError(PROTOCOL_ERROR, f"bad new stream id {stream_id}")
+        if stream_id <= self.last_stream:
+            return  # trailers of a call we already ended (refused, reset): decoded, ignored
         self.last_stream = stream_id
         stream = _Stream(stream_id, self.initial_window)
         if self.going_away:
