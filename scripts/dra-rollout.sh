@@ -58,37 +58,14 @@ kubectl get node "$NODE" >/dev/null 2>&1 ||
 TMP=$(mktemp -d)
 FAILS=0
 PIDS=()
-pass() { echo "PASS $*"; }
-fail() { echo "FAIL $*"; FAILS=$((FAILS + 1)); }
-note() { echo "     $*"; }
+# shellcheck source=scripts/lib-cluster.sh
+source "$HERE/scripts/lib-cluster.sh"  # pass, fail, note, wait_until, claim_pods_gone
 k() { kubectl -n "$NS" "$@"; }
-wait_until() {  # SECONDS COMMAND...
-  local end=$(($(date +%s) + $1))
-  shift
-  until "$@"; do
-    (($(date +%s) < end)) || return 1
-    sleep 0.5
-  done
-}
 slice_uids() {
   kubectl get resourceslices --field-selector "spec.nodeName=$NODE,spec.driver=$DRIVER" \
     -o jsonpath='{range .items[*]}{.metadata.name}={.metadata.uid}{" "}{end}' 2>/dev/null
 }
 daemon_pods() { k get pods -l "$LABEL" -o jsonpath='{range .items[*]}{.metadata.name}{" "}{end}' 2>/dev/null; }
-claim_pods_gone() {  # NAMESPACE...: delete the pods that hold claims and wait until they are gone
-  # Before the driver goes: the kubelet unprepares a pod's claims before the pod is removed, and a
-  # pod whose DRA driver was deleted first stays Terminating for ever (and its namespace with it).
-  local ns pods
-  for ns in "$@"; do
-    pods=$(kubectl -n "$ns" get pods -o jsonpath='{range .items[?(@.spec.resourceClaims)]}{.metadata.name}{" "}{end}' 2>/dev/null)
-    # shellcheck disable=SC2086
-    [[ -n $pods ]] && kubectl -n "$ns" delete pods $pods --wait=false >/dev/null 2>&1
-  done
-  for ns in "$@"; do
-    wait_until 120 eval '[[ -z $(kubectl -n "$ns" get pods -o jsonpath="{.items[?(@.spec.resourceClaims)].metadata.name}" 2>/dev/null) ]]' ||
-      echo "NOTE pods with claims still in $ns after 120 s"
-  done
-}
 cleanup() {
   touch "$TMP/stop"
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done

@@ -69,18 +69,9 @@ MADE_TTY=""
 # (its kernel name without the number, then its port: no serial); the others are not USB devices.
 CH340_DEV=sdm-ch-usb-1-1-2
 EXPECTED_SLICE="$CH340_DEV sdm-share0 sdm-smoke0 sdm-smoke1 ttyusb0 "
-pass() { echo "PASS $*"; }
-fail() { echo "FAIL $*"; FAILS=$((FAILS + 1)); }
-note() { echo "     $*"; }
+# shellcheck source=scripts/lib-cluster.sh
+source "$HERE/scripts/lib-cluster.sh"  # pass, fail, note, wait_until, claim_pods_gone
 ms_since() { echo $((($(date +%s%N) - $1) / 1000000)); }
-wait_until() {  # SECONDS COMMAND...
-  local end=$(($(date +%s) + $1))
-  shift
-  until "$@"; do
-    (($(date +%s) < end)) || return 1
-    sleep 0.2
-  done
-}
 k() { kubectl -n "$NS" "$@"; }
 
 if ! kubectl get --raw /apis/resource.k8s.io/v1 2>/dev/null | grep -q '"resourceslices"'; then
@@ -97,20 +88,6 @@ daemon_log() {
 slice_devices() {  # names of the devices in our slices of this node
   kubectl get resourceslices --field-selector "spec.nodeName=$NODE,spec.driver=$DRIVER" \
     -o jsonpath='{range .items[*].spec.devices[*]}{.name}{"\n"}{end}' 2>/dev/null | sort | tr '\n' ' '
-}
-claim_pods_gone() {  # NAMESPACE...: delete the pods that hold claims and wait until they are gone
-  # Before the driver goes: the kubelet unprepares a pod's claims before the pod is removed, and a
-  # pod whose DRA driver was deleted first stays Terminating for ever (and its namespace with it).
-  local ns pods
-  for ns in "$@"; do
-    pods=$(kubectl -n "$ns" get pods -o jsonpath='{range .items[?(@.spec.resourceClaims)]}{.metadata.name}{" "}{end}' 2>/dev/null)
-    # shellcheck disable=SC2086
-    [[ -n $pods ]] && kubectl -n "$ns" delete pods $pods --wait=false >/dev/null 2>&1
-  done
-  for ns in "$@"; do
-    wait_until 120 eval '[[ -z $(kubectl -n "$ns" get pods -o jsonpath="{.items[?(@.spec.resourceClaims)].metadata.name}" 2>/dev/null) ]]' ||
-      echo "NOTE pods with claims still in $ns after 120 s"
-  done
 }
 cleanup() {
   claim_pods_gone "$NS"
