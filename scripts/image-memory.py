@@ -73,6 +73,20 @@ def guest_rss_kb(pid: str) -> int | None:
     return sum(rss for start, name, rss in vmas if start < heap and "qemu" not in name)
 
 
+async def sample(podman: list[str], name: str, seconds: int) -> None:
+    """Print the container's daemon's memory every 10 s for ``seconds``."""
+    pid = subprocess.run([*podman, "inspect", "--format", "{{.State.Pid}}", name],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    for elapsed in range(0, seconds + 1, 10):
+        print(f"  t+{elapsed:>3} s  " + "  ".join(f"{k} {v}" for k, v in status(pid).items()))
+        await asyncio.sleep(10)
+
+
+def remove(podman: list[str], name: str) -> None:
+    subprocess.run([*podman, "stop", "-t", "10", name], capture_output=True, check=False)
+    subprocess.run([*podman, "rm", name], capture_output=True, check=False)
+
+
 async def measure_dra(image: str, podman: list[str], seconds: int, extra: list[str]) -> None:
     from fake_apiserver import FakeApiServer
     from kubelet_dra_standin import KubeletDraStandin, wait_for
@@ -101,14 +115,9 @@ async def measure_dra(image: str, podman: list[str], seconds: int, extra: list[s
             await wait_for(lambda: len(api.devices("node-mem")) == len(DEVICES), 120, "slice")
             print(f"{image} dra: registered, {len(api.devices('node-mem'))} devices in the "
                   f"ResourceSlice {time.monotonic() - started:.1f} s after podman run")
-            pid = subprocess.run([*podman, "inspect", "--format", "{{.State.Pid}}", name],
-                                 capture_output=True, text=True, check=True).stdout.strip()
-            for elapsed in range(0, seconds + 1, 10):
-                print(f"  t+{elapsed:>3} s  " + "  ".join(f"{k} {v}" for k, v in status(pid).items()))
-                await asyncio.sleep(10)
+            await sample(podman, name, seconds)
         finally:
-            subprocess.run([*podman, "stop", "-t", "10", name], capture_output=True, check=False)
-            subprocess.run([*podman, "rm", name], capture_output=True, check=False)
+            remove(podman, name)
             await kubelet.stop()
             await api.stop()
     finally:
@@ -135,14 +144,9 @@ async def measure(image: str, podman: list[str], seconds: int, extra: list[str])
                 s.streaming and s.devices for s in kubelet.plugins.values()), timeout=120)
             print(f"{image}: {len(kubelet.plugins)} resources registered and streaming "
                   f"{time.monotonic() - started:.1f} s after podman run")
-            pid = subprocess.run([*podman, "inspect", "--format", "{{.State.Pid}}", name],
-                                 capture_output=True, text=True, check=True).stdout.strip()
-            for elapsed in range(0, seconds + 1, 10):
-                print(f"  t+{elapsed:>3} s  " + "  ".join(f"{k} {v}" for k, v in status(pid).items()))
-                await asyncio.sleep(10)
+            await sample(podman, name, seconds)
         finally:
-            subprocess.run([*podman, "stop", "-t", "10", name], capture_output=True, check=False)
-            subprocess.run([*podman, "rm", name], capture_output=True, check=False)
+            remove(podman, name)
             await kubelet.stop()
 
 

@@ -597,11 +597,7 @@ class ServerConnection(Connection):
             self.on_end(stream)
 
     def on_end(self, stream: _Stream) -> None:
-        path = ""
-        for name, value in stream.headers:
-            if name == ":path":
-                path = value
-                break
+        path = _path(stream)
         method = self.server.methods.get(path)
         if method is None:
             self.refuse(stream, Status.UNIMPLEMENTED, f"method {path or '(none)'} not found")
@@ -671,7 +667,7 @@ class ServerConnection(Connection):
 
 
 def _path(stream: _Stream) -> str:
-    return next((value for name, value in stream.headers if name == ":path"), "?")
+    return next((value for name, value in stream.headers if name == ":path"), "")
 
 
 class Server:

@@ -171,9 +171,7 @@ class DevicePlugin(DevicePluginService):
             await asyncio.wait_for(asyncio.shield(self._idle), timeout)
         self._idle = None
 
-    async def GetPreferredAllocation(
-        self, stream: Call
-    ) -> None:
+    async def GetPreferredAllocation(self, stream: Call) -> None:
         request = await stream.recv_message()
         responses = [
             pb.ContainerPreferredAllocationResponse(deviceIDs=self.prefer(
@@ -241,9 +239,7 @@ class DevicePlugin(DevicePluginService):
         if self._on_allocate is not None:
             self._on_allocate(self.resource_name, ids, paths, error)
 
-    async def PreStartContainer(
-        self, stream: Call
-    ) -> None:
+    async def PreStartContainer(self, stream: Call) -> None:
         await stream.recv_message()
         await stream.send_message(pb.PreStartContainerResponse())
 
@@ -258,7 +254,7 @@ class DevicePlugin(DevicePluginService):
         resource = self.resource
         if not self.healthy:
             raise RpcError(Status.FAILED_PRECONDITION,
-                            f"{self.resource_name}: {resource.where} is gone from the node")
+                           f"{self.resource_name}: {resource.where} is gone from the node")
         nodes: tuple[DeviceNode, ...] | None = None
         members: list[Member] | None = None
         fixed = self._fixed
@@ -315,7 +311,7 @@ class DevicePlugin(DevicePluginService):
             member = owner.get(device_id)
             if member is None:
                 raise RpcError(Status.FAILED_PRECONDITION,
-                                f"{self.resource_name}: device {device_id} is unplugged")
+                               f"{self.resource_name}: device {device_id} is unplugged")
             if member not in members:
                 members.append(member)
         return members
